@@ -1,0 +1,76 @@
+"""Stage 3: build the soft-voting ensemble from trained members and report test accuracies.
+
+Reads Defense/cache/defense/<dataset>-<arch>[-tag].pt for each --members entry and the teacher from
+Defense/cache/teacher/, writes Defense/ensemble/<dataset>[-tag].pt and a JSON of accuracies beside it.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from misleader import checkpoint, paths  # noqa: E402
+from misleader.cli import Parser, add_common, main_wrapper  # noqa: E402
+from misleader.data import dataset_info, load_dataset  # noqa: E402
+from misleader.ensemble import SoftVotingEnsemble, ensemble_payload  # noqa: E402
+from misleader.runtime import amp_dtype, pick_device  # noqa: E402
+from misleader.train import accuracy  # noqa: E402
+
+
+def parse(argv):
+    p = add_common(Parser(description=__doc__))
+    p.add_argument("--members", nargs="+", required=True,
+                   help="member names, each ARCH or ARCH:TAG, read from Defense/cache/defense/<dataset>-ARCH[-TAG].pt")
+    p.add_argument("--teacher_model", default=None, help="teacher architecture, for the comparison line")
+    p.add_argument("--teacher_tag", default=None, help="tag of the teacher checkpoint (default: --tag)")
+    p.add_argument("--tag", default=None, help="suffix of the ensemble name: Defense/ensemble/<dataset>-<tag>.pt")
+    p.add_argument("--out", default=None, help="output path (default Defense/ensemble/<dataset>[-tag].pt)")
+    args = p.parse_args(argv)
+    info = dataset_info(args.dataset)
+    args.teacher_model = args.teacher_model or ("lenet5" if info.clean_aug == "none" else "resnet34_8x")
+    args.teacher_tag = args.teacher_tag if args.teacher_tag is not None else args.tag
+    args.out = args.out or paths.ensemble_path(args.dataset, args.tag)
+    return args
+
+
+def main(argv):
+    args = parse(argv)
+    device = pick_device(args.device)
+    amp = amp_dtype(args.amp, device)
+    info = dataset_info(args.dataset)
+    members, archs, sources = [], [], []
+    for spec in args.members:
+        arch, _, tag = spec.partition(":")
+        path = paths.member_path(args.dataset, arch, tag or None)
+        members.append(checkpoint.load_classifier(path, arch, info, "train.sh / Defense/train_defense.py")[0].to(device).eval())
+        archs.append(arch)
+        sources.append(path)
+    checkpoint.check_writable(args.out)
+    data = load_dataset(args.dataset, args.data_root, args.val_size, args.seed, device)
+    ens = SoftVotingEnsemble(members, archs)
+    report = {"dataset": args.dataset, "members": {}, "teacher": None}
+    tpath = paths.teacher_path(args.dataset, args.teacher_model, args.teacher_tag)
+    if os.path.isfile(tpath):
+        teacher = checkpoint.load_classifier(tpath, args.teacher_model, info, "teacher.sh")[0].to(device)
+        report["teacher"] = {"arch": args.teacher_model, "test_acc": accuracy(teacher, data.test, data.normalize, amp)}
+    for spec, m in zip(args.members, members):
+        report["members"][spec] = {"test_acc": accuracy(m, data.test, data.normalize, amp),
+                                   "val_acc": accuracy(m, data.val, data.normalize, amp)}
+    report["ensemble"] = {"test_acc": accuracy(ens, data.test, data.normalize, amp),
+                          "val_acc": accuracy(ens, data.val, data.normalize, amp)}
+    checkpoint.save(args.out, ensemble_payload(ens, args.dataset, info.num_classes, info.in_channels,
+                                               report["ensemble"], vars(args), args.seed, sources))
+    json_path = args.out[:-3] + ".json" if args.out.endswith(".pt") else args.out + ".json"
+    with open(json_path, "w") as f:
+        json.dump(report, f, indent=2)
+    if report["teacher"]:
+        print(f"teacher  {args.teacher_model:<14} test_acc {report['teacher']['test_acc']:.4f}")
+    for spec, r in report["members"].items():
+        print(f"member   {spec:<14} test_acc {r['test_acc']:.4f}")
+    print(f"ensemble {'+'.join(archs):<14} test_acc {report['ensemble']['test_acc']:.4f}")
+    print(f"saved {args.out} and {json_path}")
+
+
+if __name__ == "__main__":
+    main_wrapper(main)

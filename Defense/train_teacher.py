@@ -1,0 +1,141 @@
+"""Stage 1: train the teacher (the model to protect) and keep its best epoch by validation accuracy."""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from misleader import checkpoint, paths  # noqa: E402
+from misleader.cli import Parser, add_common, main_wrapper  # noqa: E402
+from misleader.data import Augment, batches, dataset_info, load_dataset, num_batches  # noqa: E402
+from misleader.models import create_model  # noqa: E402
+from misleader.runlog import RunLog  # noqa: E402
+from misleader.runtime import amp_dtype, autocast, pick_device, seed_everything  # noqa: E402
+from misleader.train import accuracy, check_finite, make_optimizer, make_scheduler  # noqa: E402
+
+# design.md defaults per dataset family: (arch, optimizer, lr, weight decay, batch, epochs, schedule, milestones)
+DEFAULTS = {
+    "none": ("lenet5", "adam", 1e-3, 0.0, 256, 10, "none", ()),
+    "crop_flip": ("resnet34_8x", "sgd", 0.1, 5e-4, 128, 200, "multistep", (80, 120)),
+    "crop": ("resnet34_8x", "sgd", 0.1, 5e-4, 128, 200, "multistep", (80, 120)),
+}
+
+
+def parse(argv):
+    p = add_common(Parser(description=__doc__))
+    p.add_argument("--model", "--teacher_model", dest="model", default=None,
+                   help="teacher architecture (default: lenet5 for MNIST-like data, resnet34_8x otherwise)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 10 MNIST-like, 200 CIFAR)")
+    p.add_argument("--batch_size", type=int, default=None, help="batch size (default 256 MNIST-like, 128 CIFAR)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default=None, help="default adam MNIST-like, sgd CIFAR")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 adam, 0.1 sgd)")
+    p.add_argument("--weight_decay", type=float, default=None, help="default 0 MNIST-like, 5e-4 CIFAR")
+    p.add_argument("--scheduler", choices=["none", "multistep", "cosine"], default=None,
+                   help="per-step schedule (default none MNIST-like, multistep CIFAR)")
+    p.add_argument("--milestones", type=int, nargs="*", default=None,
+                   help="epochs at which multistep divides the rate by 10 (default 80 120)")
+    p.add_argument("--channels_last", type=int, default=1, choices=[0, 1], help="1 uses channels_last memory format")
+    p.add_argument("--tag", default=None, help="suffix of the output name, e.g. the config name: <dataset>-<arch>-<tag>.pt")
+    p.add_argument("--out", default=None, help="checkpoint path (default Defense/cache/teacher/<dataset>-<arch>[-tag].pt)")
+    p.add_argument("--resume", type=int, default=0, choices=[0, 1],
+                   help="1 continues from <out>.state.pt written at the end of every epoch")
+    args = p.parse_args(argv)
+    info = dataset_info(args.dataset)
+    arch, opt, lr, wd, bs, ep, sched, ms = DEFAULTS[info.clean_aug]
+    args.model = args.model or arch
+    args.optimizer = args.optimizer or opt
+    args.lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.1)
+    args.weight_decay = args.weight_decay if args.weight_decay is not None else wd
+    args.batch_size = args.batch_size or bs
+    args.epochs = args.epochs if args.epochs is not None else ep
+    args.scheduler = args.scheduler or sched
+    args.milestones = args.milestones if args.milestones is not None else list(ms)
+    args.out = args.out or paths.teacher_path(args.dataset, args.model, args.tag)
+    if args.epochs < 1 or args.batch_size < 1:
+        p.error("--epochs and --batch_size must be positive")
+    return args
+
+
+def main(argv):
+    args = parse(argv)
+    device = pick_device(args.device)
+    amp = amp_dtype(args.amp, device)
+    seed_everything(args.seed)
+    info = dataset_info(args.dataset)
+    model = create_model(args.model, info.num_classes, info.in_channels)  # checks the name before any I/O
+    checkpoint.check_writable(args.out)
+    data = load_dataset(args.dataset, args.data_root, args.val_size, args.seed, device)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=fmt)
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = num_batches(len(data.train), args.batch_size)
+    scheduler = make_scheduler(args.scheduler, optimizer, args.epochs * steps_per_epoch,
+                               [m * steps_per_epoch for m in args.milestones])
+    order = torch.Generator().manual_seed(args.seed)
+    aug = Augment(data, seed=args.seed + 1)
+    start, best_acc, best_epoch, best_state = 0, -1.0, -1, None
+    state_file = checkpoint.state_path(args.out)
+    if args.resume and os.path.isfile(state_file):
+        st = checkpoint.load(state_file)
+        checkpoint.check(st, state_file, kind="teacher-state", arch=args.model)
+        model.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        scheduler.load_state_dict(st["scheduler"])
+        checkpoint.rng_restore(st["rng"], order, aug.g)
+        start, best_acc, best_epoch, best_state = st["epoch"], st["best_acc"], st["best_epoch"], st["best_state"]
+        print(f"resumed from {state_file} after epoch {start}")
+    run_name = args.run_name or f"{args.dataset}-{args.model}{'-' + args.tag if args.tag else ''}-seed{args.seed}"
+    log = RunLog(args.log_dir, "teacher", run_name, vars(args), resume_step=start if args.resume else None)
+    print(f"teacher {args.model} on {args.dataset}: {len(data.train)} train / {len(data.val)} val / "
+          f"{len(data.test)} test images, device {device}, amp {amp or 'off'}, seed {args.seed}")
+
+    for epoch in range(start + 1, args.epochs + 1):
+        model.train()
+        t0, losses, correct, seen = time.time(), [], torch.zeros((), device=device), 0
+        bar = tqdm(batches(data.train, args.batch_size, generator=order), total=steps_per_epoch,
+                   desc=f"epoch {epoch}/{args.epochs}", disable=not args.progress, leave=False)
+        for x, y in bar:
+            x = aug.clean(x).contiguous(memory_format=fmt)
+            with autocast(device, amp):
+                out = model(x)
+            loss = F.cross_entropy(out.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.detach())
+            correct += (out.argmax(1) == y).sum()
+            seen += y.shape[0]
+        losses = torch.stack(losses)
+        check_finite(losses, (epoch - 1) * steps_per_epoch)
+        secs = time.time() - t0
+        val_acc = accuracy(model, data.val, data.normalize, amp)
+        if val_acc > best_acc:
+            best_acc, best_epoch = val_acc, epoch
+            best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+        log.log(epoch, {"train_loss": losses.mean().item(), "train_acc": correct.item() / seen, "val_acc": val_acc,
+                        "lr": optimizer.param_groups[0]["lr"]}, extra={"images_per_s": seen / secs})
+        checkpoint.save(state_file, {
+            "format": checkpoint.FORMAT, "kind": "teacher-state", "arch": args.model, "epoch": epoch,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": checkpoint.rng_snapshot(order, aug.g), "best_acc": best_acc, "best_epoch": best_epoch,
+            "best_state": best_state})
+
+    model.load_state_dict(best_state)
+    test_acc = accuracy(model, data.test, data.normalize, amp)
+    metrics = {"val_acc": best_acc, "test_acc": test_acc, "best_epoch": best_epoch}
+    checkpoint.save(args.out, checkpoint.classifier_payload(model, args.model, args.dataset, info.num_classes,
+                                                            info.in_channels, metrics, vars(args), args.seed))
+    log.scalars(args.epochs, {"test_acc": test_acc, "best_val_acc": best_acc})
+    log.close()
+    os.remove(state_file)
+    print(f"saved {args.out} (best epoch {best_epoch}): val_acc {best_acc:.4f} test_acc {test_acc:.4f}")
+
+
+if __name__ == "__main__":
+    main_wrapper(main)

@@ -1,0 +1,24 @@
+# Sourced by teacher.sh, train.sh and test.sh: loads configs/${CONFIG:-quick}.sh or stops with exit 2.
+CONFIG="${CONFIG:-quick}"
+if [ ! -f "configs/${CONFIG}.sh" ]; then
+    valid=$(ls configs/*.sh | xargs -n1 basename | sed 's/\.sh$//' | grep -v '^load$' | tr '\n' ' ')
+    echo "error: unknown config '${CONFIG}'; valid configs: ${valid}" >&2
+    exit 2
+fi
+# Defaults a config may override.
+TAG=""                 # suffix of every checkpoint name, so configs on one dataset do not overwrite each other
+SEED=0                 # seed of teacher and defense training
+SEEDS=(0)              # seeds of the attack runs
+DEVICE=auto
+VAL_SIZE=""            # empty: the dataset's default (5000; 1000 for synthetic)
+PROGRESS=1
+TEACHER_ARGS=()        # extra flags for Defense/train_teacher.py
+DEFENSE_ARGS=()        # extra flags for Defense/train_defense.py (every member)
+DFME_ARGS=()           # extra flags for DFME/dfme.py (every attack)
+# shellcheck source=/dev/null
+source "configs/${CONFIG}.sh"
+COMMON=(--dataset "$DATASET" --seed "$SEED" --device "$DEVICE" --progress "$PROGRESS")
+[ -n "$VAL_SIZE" ] && COMMON+=(--val_size "$VAL_SIZE")
+TAGARG=()
+[ -n "$TAG" ] && TAGARG=(--tag "$TAG")
+true

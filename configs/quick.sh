@@ -1,0 +1,22 @@
+# quick: Fashion-MNIST sized for a 2-core CPU (teacher ~1 min, members ~2 min each, attacks ~2 min each).
+DATASET=fashionmnist
+TAG=quick
+SEEDS=(0)
+
+TEACHER_MODEL=lenet5
+TEACHER_EPOCHS=15
+TEACHER_BATCH=256
+TEACHER_ARGS=(--optimizer adam --lr 2e-3 --scheduler cosine)
+
+# "arch lambda T alpha [attacker_arch]" (the MNIST-like values are unpublished; design.md's starting point)
+MEMBERS=("lenet5 0.5 2 0.3" "lenet5half 0.5 2 0.3" "lenet5fifth 0.5 2 0.3")
+DEFENSE_EPOCHS=5
+DEFENSE_BATCH=256
+LR_DEFENSE=0.1
+LR_ATTACKER=0.01
+A_ITER=1
+
+STUDENTS=(lenet5)
+QUERY_BUDGET=0.2
+DFME_BATCH=256
+DFME_ARGS=(--ngf 32)   # a narrower generator than DFME's 64, 4x cheaper, so two attacks fit in minutes

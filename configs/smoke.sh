@@ -1,0 +1,23 @@
+# smoke: the synthetic dataset, every stage in well under a minute on 2 CPU cores. Never a result.
+DATASET=synthetic
+TAG=""
+SEEDS=(0)
+PROGRESS=0
+
+TEACHER_MODEL=lenet5
+TEACHER_EPOCHS=3
+TEACHER_BATCH=128
+TEACHER_ARGS=(--optimizer adam --lr 2e-3 --scheduler none)
+
+# one member per line: "arch lambda T alpha [attacker_arch]"
+MEMBERS=("lenet5 0.5 2 0.3" "lenet5half 0.5 2 0.3")
+DEFENSE_EPOCHS=2
+DEFENSE_BATCH=128
+LR_DEFENSE=0.05
+LR_ATTACKER=0.01
+A_ITER=1
+
+STUDENTS=(lenet5)
+QUERY_BUDGET=0.02      # millions
+DFME_BATCH=64
+DFME_ARGS=(--epoch_itrs 10 --ngf 16)

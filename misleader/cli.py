@@ -1,0 +1,50 @@
+"""Shared argparse pieces and the wrapper that turns user errors into one line and exit code 2."""
+
+import argparse
+import sys
+
+from misleader.errors import NonFiniteLoss, UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr and exit code 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def add_common(p, seed_default=0):
+    """Flags every entry point shares."""
+    p.add_argument("--dataset", default="fashionmnist",
+                   help="dataset name: mnist, fashionmnist, cifar10, cifar100, svhn, synthetic, synthetic_rgb")
+    p.add_argument("--data_root", default="data", help="folder with datasets in torchvision's on-disk layout")
+    p.add_argument("--val_size", type=int, default=None,
+                   help="images carved from the training set for validation (default 5000; 1000 for synthetic)")
+    p.add_argument("--seed", type=int, default=seed_default, help="seed for weights, data order and augmentation")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"],
+                   help="mixed precision: auto = bf16 on CUDA, fp32 on CPU; bf16 forces it (slow on CPUs without AMX)")
+    p.add_argument("--log_dir", default="runs", help="TensorBoard root shared by every stage; a run writes to a subfolder")
+    p.add_argument("--run_name", default=None, help="subfolder of --log_dir for this run (default: derived from the flags)")
+    p.add_argument("--progress", type=int, default=1, choices=[0, 1], help="1 shows tqdm progress bars")
+    return p
+
+
+def main_wrapper(main):
+    """Run main(argv); UserError -> one line + exit 2, NonFiniteLoss -> one line + exit 3."""
+    try:
+        main(sys.argv[1:])
+    except UserError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
+    except NonFiniteLoss as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(3)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)

@@ -1,0 +1,381 @@
+"""Datasets held as device tensors, a shuffling batch iterator, and batched on-device augmentation.
+
+Every dataset is returned as 32x32 float images in [0, 1] (MNIST-like images are resized once from
+28x28 at load time). Normalisation and augmentation happen per batch on the training device, with
+per-sample random parameters drawn from a seeded generator: no PIL, no DataLoader workers.
+
+Where the files are looked for, in order:
+  1. ``--data_root`` (default ``data/``) in torchvision's on-disk layout;
+  2. for fashionmnist only, Debian's ``dataset-fashion-mnist`` copy in /usr/share/datasets/fashion-mnist/;
+  3. a torchvision download into ``--data_root`` (skipped when MISLEADER_OFFLINE=1).
+If all fail, a UserError names the files and the folder to put them in.
+"""
+
+import gzip
+import math
+import os
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from misleader.errors import UserError
+
+IMG_SIZE = 32
+SYSTEM_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    in_channels: int
+    mean: tuple
+    std: tuple
+    clean_aug: str  # "crop_flip" (CIFAR/SVHN-like) or "none" (MNIST-like)
+    default_val_size: int = 5000
+
+
+DATASETS = {
+    "mnist": DatasetInfo("mnist", 10, 1, (0.1307,), (0.3081,), "none"),
+    "fashionmnist": DatasetInfo("fashionmnist", 10, 1, (0.2860,), (0.3530,), "none"),
+    "cifar10": DatasetInfo("cifar10", 10, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop_flip"),
+    "cifar100": DatasetInfo("cifar100", 100, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop_flip"),
+    # SVHN digits must not be mirrored; a random crop only.
+    "svhn": DatasetInfo("svhn", 10, 3, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "crop"),
+    "synthetic": DatasetInfo("synthetic", 10, 1, (0.5,), (0.25,), "none", default_val_size=1000),
+    "synthetic_rgb": DatasetInfo("synthetic_rgb", 10, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "crop_flip",
+                                 default_val_size=1000),
+}
+DATASET_NAMES = tuple(DATASETS)
+
+
+def dataset_info(name):
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset '{name}'; valid datasets: {', '.join(DATASET_NAMES)}")
+    return DATASETS[name]
+
+
+# ----------------------------------------------------------------------------- file readers
+
+def _read_idx(path):
+    """Read an IDX file (optionally gzipped) into a numpy array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find(folder, stem):
+    """Return folder/stem or folder/stem.gz if either exists."""
+    for cand in (os.path.join(folder, stem), os.path.join(folder, stem + ".gz")):
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
+_IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _load_idx_folder(folder):
+    paths = [_find(folder, s) for s in _IDX_STEMS]
+    if any(p is None for p in paths):
+        return None
+    xtr, ytr, xte, yte = (_read_idx(p) for p in paths)
+    return xtr[:, None], ytr, xte[:, None], yte  # (N, 1, 28, 28) uint8
+
+
+def _unpickle(path):
+    # CIFAR's own python format: a pickled dict of numpy arrays (data files, not code we run).
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _load_cifar(root, name):
+    if name == "cifar10":
+        folder = os.path.join(root, "cifar-10-batches-py")
+        train_files = [f"data_batch_{i}" for i in range(1, 6)]
+        test_files, key = ["test_batch"], "labels"
+    else:
+        folder = os.path.join(root, "cifar-100-python")
+        train_files, test_files, key = ["train"], ["test"], "fine_labels"
+    if not all(os.path.isfile(os.path.join(folder, f)) for f in train_files + test_files):
+        return None
+
+    def read(files):
+        parts = [_unpickle(os.path.join(folder, f)) for f in files]
+        x = np.concatenate([p["data"] for p in parts]).reshape(-1, 3, 32, 32)
+        y = np.concatenate([np.asarray(p[key]) for p in parts])
+        return x, y
+
+    return (*read(train_files), *read(test_files))
+
+
+def _load_svhn(root):
+    for folder in (root, os.path.join(root, "svhn")):
+        tr, te = os.path.join(folder, "train_32x32.mat"), os.path.join(folder, "test_32x32.mat")
+        if os.path.isfile(tr) and os.path.isfile(te):
+            try:
+                from scipy.io import loadmat
+            except ImportError as e:
+                raise UserError("reading SVHN's .mat files needs scipy: pip install scipy") from e
+            out = []
+            for p in (tr, te):
+                m = loadmat(p)
+                x = np.transpose(m["X"], (3, 2, 0, 1))  # HWCN -> NCHW
+                y = m["y"].reshape(-1).astype(np.int64) % 10  # label 10 means digit 0
+                out += [x, y]
+            return tuple(out)
+    return None
+
+
+_EXPECTED = {
+    "mnist": ("{root}/MNIST/raw/", "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+              "t10k-labels-idx1-ubyte (or the same names with .gz)"),
+    "fashionmnist": ("{root}/FashionMNIST/raw/", "train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                     "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or .gz; or apt-get install dataset-fashion-mnist)"),
+    "cifar10": ("{root}/cifar-10-batches-py/", "data_batch_1..data_batch_5 and test_batch "
+                "(unpack cifar-10-python.tar.gz)"),
+    "cifar100": ("{root}/cifar-100-python/", "train and test (unpack cifar-100-python.tar.gz)"),
+    "svhn": ("{root}/", "train_32x32.mat and test_32x32.mat"),
+}
+
+
+def _try_local(name, root):
+    if name in ("mnist", "fashionmnist"):
+        folder = os.path.join(root, "MNIST" if name == "mnist" else "FashionMNIST", "raw")
+        found = _load_idx_folder(folder)
+        if found is None and name == "fashionmnist":
+            found = _load_idx_folder(SYSTEM_FASHION_MNIST)
+        return found
+    if name in ("cifar10", "cifar100"):
+        return _load_cifar(root, name)
+    return _load_svhn(root)
+
+
+def _download(name, root):
+    import torchvision.datasets as tvd
+
+    os.makedirs(root, exist_ok=True)
+    if name == "svhn":
+        for split in ("train", "test"):
+            tvd.SVHN(root, split=split, download=True)
+        return
+    cls = {"mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    for train in (True, False):
+        cls(root, train=train, download=True)
+
+
+def read_raw(name, root="data"):
+    """Return (x_train, y_train, x_test, y_test) as uint8 NCHW / int64 numpy arrays from disk or a download."""
+    found = _try_local(name, root)
+    if found is None and os.environ.get("MISLEADER_OFFLINE", "0") != "1":
+        try:
+            _download(name, root)
+        except Exception:  # no network, a mirror down, a checksum error: all end in the message below
+            pass
+        found = _try_local(name, root)
+    if found is None:
+        folder, files = _EXPECTED[name]
+        raise UserError(f"dataset '{name}' not found and could not be downloaded: put {files} "
+                        f"in {folder.format(root=root.rstrip('/'))}")
+    return found
+
+
+# ----------------------------------------------------------------------------- synthetic data
+
+def make_synthetic(n, channels, seed):
+    """A procedural 10-class dataset: oriented sinusoidal gratings with noise.
+
+    Class k is a grating at angle k*18 degrees (+-4 degrees jitter) with random frequency, phase,
+    contrast, a soft random blob occluder and pixel noise; RGB variants get a random colour tint
+    that carries no class information. Deterministic for a given seed.
+    """
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    angle = (y.float() * 18.0 + (torch.rand(n, generator=g) - 0.5) * 8.0) * math.pi / 180.0
+    freq = 0.12 + 0.12 * torch.rand(n, generator=g)  # cycles per pixel
+    phase = 2 * math.pi * torch.rand(n, generator=g)
+    contrast = 0.25 + 0.2 * torch.rand(n, generator=g)
+    coords = torch.arange(IMG_SIZE, dtype=torch.float32) - (IMG_SIZE - 1) / 2
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    proj = torch.cos(angle)[:, None, None] * xx + torch.sin(angle)[:, None, None] * yy
+    img = 0.5 + contrast[:, None, None] * torch.sin(2 * math.pi * freq[:, None, None] * proj + phase[:, None, None])
+    cy, cx = (torch.rand(2, n, generator=g) - 0.5) * IMG_SIZE
+    blob = torch.exp(-((yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2) / 40.0)
+    img = img * (1 - 0.6 * blob) + 0.5 * 0.6 * blob
+    img = img[:, None]
+    if channels == 3:
+        tint = 0.6 + 0.4 * torch.rand(n, 3, 1, 1, generator=g)
+        img = img * tint
+    img = img + 0.08 * torch.randn(img.shape, generator=g)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), y.numpy()
+
+
+# ----------------------------------------------------------------------------- the bundle
+
+@dataclass
+class Split:
+    x: torch.Tensor  # float32 (N, C, 32, 32) in [0, 1], on the device
+    y: torch.Tensor  # int64 (N,), on the device
+
+    def __len__(self):
+        return self.x.shape[0]
+
+
+class DataBundle:
+    """train / val / test splits on one device, plus the dataset's normaliser and augmentations."""
+
+    def __init__(self, info, train, val, test, device):
+        self.info, self.train, self.val, self.test, self.device = info, train, val, test, device
+        self.mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
+
+    def normalize(self, x):
+        return (x - self.mean) / self.std
+
+
+def _to_split(x_uint8, y, device):
+    x = torch.from_numpy(np.array(x_uint8, dtype=np.uint8, copy=True)).float().div_(255)
+    if x.shape[-1] != IMG_SIZE:
+        x = F.interpolate(x, size=(IMG_SIZE, IMG_SIZE), mode="bilinear", align_corners=False, antialias=False)
+        x = x.clamp_(0, 1)
+    return Split(x.to(device), torch.as_tensor(np.asarray(y), dtype=torch.long).to(device))
+
+
+def load_dataset(name, data_root="data", val_size=None, seed=0, device="cpu"):
+    """Load a registered dataset onto ``device`` with a seeded validation split carved from train."""
+    info = dataset_info(name)
+    if name.startswith("synthetic"):
+        ch = info.in_channels
+        xtr, ytr = make_synthetic(5000, ch, seed=1234)
+        xte, yte = make_synthetic(1000, ch, seed=4321)
+    else:
+        xtr, ytr, xte, yte = read_raw(name, data_root)
+    val_size = info.default_val_size if val_size is None else val_size
+    if not 0 <= val_size < len(ytr):
+        raise UserError(f"--val_size must be in [0, {len(ytr) - 1}] for {name}, got {val_size}")
+    perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(seed)).numpy()
+    val_idx, train_idx = np.sort(perm[:val_size]), np.sort(perm[val_size:])
+    return DataBundle(info,
+                      _to_split(xtr[train_idx], ytr[train_idx], device),
+                      _to_split(xtr[val_idx], ytr[val_idx], device),
+                      _to_split(xte, yte, device), device)
+
+
+def batches(split, batch_size, shuffle=True, generator=None, drop_last=False):
+    """Yield (x, y) batches of a Split; a fresh permutation on every call when shuffling."""
+    n = len(split)
+    if shuffle:
+        idx = torch.randperm(n, generator=generator).to(split.x.device)
+    else:
+        idx = None
+    stop = n - n % batch_size if drop_last else n
+    for i in range(0, stop, batch_size):
+        if idx is None:
+            yield split.x[i:i + batch_size], split.y[i:i + batch_size]
+        else:
+            j = idx[i:i + batch_size]
+            yield split.x[j], split.y[j]
+
+
+def num_batches(n, batch_size, drop_last=False):
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+def _uniform(g, n, lo, hi):
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+def _gray(x):
+    if x.shape[1] == 1:
+        return x
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+class Augment:
+    """Batched augmentations with per-sample random parameters drawn from a seeded CPU generator.
+
+    ``clean(x)``: the clean-training augmentation (random crop with 4-pixel padding and horizontal
+    flip for CIFAR-like data, nothing for MNIST-like data), then normalisation.
+    ``proxy(x)``: the attacker-proxy augmentation of design.md (random resized crop 0.8-1.0, flip,
+    colour jitter 0.4, grayscale p=0.2, random affine +-15 deg / translate 0.1 / scale 0.9-1.1),
+    then normalisation. Inputs are float images in [0, 1] on any device.
+    """
+
+    def __init__(self, bundle, seed=0):
+        self.bundle = bundle
+        self.g = torch.Generator().manual_seed(seed)
+
+    # -- clean
+    def clean(self, x):
+        mode = self.bundle.info.clean_aug
+        if mode != "none":
+            x = self.random_crop(x, pad=4)
+            if mode == "crop_flip":
+                x = self.random_flip(x)
+        return self.bundle.normalize(x)
+
+    def random_crop(self, x, pad=4):
+        b, c, h, w = x.shape
+        xp = F.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=self.g).to(x.device)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=self.g).to(x.device)
+        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (b, h, 1)
+        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (b, 1, w)
+        bi = torch.arange(b, device=x.device)[:, None, None]
+        return xp.permute(0, 2, 3, 1)[bi, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+    def random_flip(self, x):
+        flip = (torch.rand(x.shape[0], generator=self.g) < 0.5).to(x.device)
+        return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+    # -- attacker proxy
+    def proxy_matrices(self, n):
+        """Per-sample 2x3 affine matrices (output -> input, normalised coordinates) for crop+flip+affine."""
+        g = self.g
+        # RandomResizedCrop(scale 0.8-1.0, ratio 3/4-4/3): crop size as fractions of the image side.
+        area = _uniform(g, n, 0.8, 1.0)
+        logr = _uniform(g, n, math.log(3 / 4), math.log(4 / 3))
+        cw = torch.sqrt(area * torch.exp(logr)).clamp(max=1.0)
+        ch = torch.sqrt(area / torch.exp(logr)).clamp(max=1.0)
+        cx = (torch.rand(n, generator=g) * 2 - 1) * (1 - cw)  # crop centre stays inside the image
+        cy = (torch.rand(n, generator=g) * 2 - 1) * (1 - ch)
+        flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+        # RandomAffine(degrees 15, translate 0.1, scale 0.9-1.1), applied to the cropped image.
+        ang = _uniform(g, n, -15.0, 15.0) * math.pi / 180
+        sc = _uniform(g, n, 0.9, 1.1)
+        tx = _uniform(g, n, -0.1, 0.1) * 2  # fraction of width -> normalised units
+        ty = _uniform(g, n, -0.1, 0.1) * 2
+        cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+        # inverse affine: p_crop = R(-ang)/sc @ (p_out - t)
+        a = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1)  # (n, 2, 2)
+        t = -(a @ torch.stack([tx, ty], 1)[:, :, None])[:, :, 0]
+        a = a * torch.stack([flip, torch.ones(n)], 1)[:, :, None]  # flip mirrors the crop's x axis
+        t = t * torch.stack([flip, torch.ones(n)], 1)
+        # crop: p_src = diag(cw, ch) @ p_crop + (cx, cy)
+        s = torch.stack([cw, ch], 1)
+        return torch.cat([a * s[:, :, None], (t * s + torch.stack([cx, cy], 1))[:, :, None]], 2)
+
+    def proxy(self, x):
+        n, c = x.shape[0], x.shape[1]
+        theta = self.proxy_matrices(n).to(x.device, x.dtype)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # colour jitter: brightness, contrast, saturation factors in [0.6, 1.4]
+        bri, con, sat = (_uniform(self.g, n, 0.6, 1.4).to(x.device, x.dtype).view(n, 1, 1, 1) for _ in range(3))
+        x = (x * bri).clamp(0, 1)
+        m = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - m) * con + m).clamp(0, 1)
+        if c == 3:
+            gray = _gray(x)
+            x = ((x - gray) * sat + gray).clamp(0, 1)
+            to_gray = (torch.rand(n, generator=self.g) < 0.2).to(x.device)
+            x = torch.where(to_gray[:, None, None, None], _gray(x).expand_as(x), x)
+        return self.bundle.normalize(x)

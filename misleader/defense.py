@@ -1,0 +1,82 @@
+"""One MISLEADER member trained against a simulated attacker (the surrogate), one min-max step at a time.
+
+Per clean batch x (images in [0, 1]):
+  1. a_iter surrogate steps, each on a fresh attacker-proxy batch aug.proxy(x):
+     minimise KL(softmax(member(xa)).detach() || softmax(surrogate(xa)));
+  2. one member step on x and another fresh proxy batch xa:
+     minimise KD(member(x), teacher(x), y; T, alpha) - lambda * KL(softmax(member(xa)) || softmax(surrogate(xa))).
+Both steps clip the gradient norm at 5.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from misleader.losses import member_loss, surrogate_loss
+from misleader.runtime import autocast
+
+CLIP = 5.0
+
+
+class DefenseStep:
+    def __init__(self, member, surrogate, teacher, aug, opt_member, opt_surrogate, T, alpha, lambda_, a_iter,
+                 device, amp=None, memory_format=torch.contiguous_format):
+        self.member, self.surrogate, self.teacher, self.aug = member, surrogate, teacher.eval(), aug
+        self.opt_m, self.opt_s = opt_member, opt_surrogate
+        self.T, self.alpha, self.lambda_, self.a_iter = T, alpha, lambda_, a_iter
+        self.device, self.amp, self.fmt = device, amp, memory_format
+
+    def _fwd(self, model, x):
+        with autocast(self.device, self.amp):
+            return model(x.contiguous(memory_format=self.fmt)).float()
+
+    def surrogate_step(self, x):
+        xa = self.aug.proxy(x)
+        with torch.no_grad():
+            target = self._fwd(self.member, xa)
+        loss = surrogate_loss(target, self._fwd(self.surrogate, xa))
+        self.opt_s.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.surrogate.parameters(), CLIP)
+        self.opt_s.step()
+        return loss.detach()
+
+    def member_step(self, x, y):
+        xc, xa = self.aug.clean(x), self.aug.proxy(x)
+        with torch.no_grad():
+            t_out = self._fwd(self.teacher, xc)
+            s_out = self._fwd(self.surrogate, xa)
+        total, kd, attack = member_loss(self._fwd(self.member, xc), t_out, y, self._fwd(self.member, xa), s_out,
+                                        self.T, self.alpha, self.lambda_)
+        self.opt_m.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.member.parameters(), CLIP)
+        self.opt_m.step()
+        return total.detach(), kd.detach(), attack.detach()
+
+    def step(self, x, y):
+        """One defense step; returns a tensor [total, kd, attack_kl, surrogate_loss] (no host sync)."""
+        self.member.train()
+        self.surrogate.train()
+        s_loss = torch.stack([self.surrogate_step(x) for _ in range(self.a_iter)]).mean() if self.a_iter else \
+            torch.zeros((), device=x.device)
+        total, kd, attack = self.member_step(x, y)
+        return torch.stack([total, kd, attack, s_loss])
+
+    @torch.no_grad()
+    def proxy_agreement(self, x, batch_size=2048):
+        """Fraction of proxy-augmented images of x on which member and surrogate predict the same class."""
+        self.member.eval()
+        self.surrogate.eval()
+        agree = 0
+        for i in range(0, x.shape[0], batch_size):
+            xa = self.aug.proxy(x[i:i + batch_size])
+            agree += (self._fwd(self.member, xa).argmax(1) == self._fwd(self.surrogate, xa).argmax(1)).sum().item()
+        return agree / x.shape[0]
+
+
+def proxy_kl(member, surrogate, xa):
+    """Unclamped batch-mean KL(member || surrogate) on a proxy batch (for tests and logging)."""
+    with torch.no_grad():
+        p = F.log_softmax(member(xa).float(), 1)
+        q = F.log_softmax(surrogate(xa).float(), 1)
+    return (p.exp() * (p - q)).sum(1).mean().item()

@@ -1,0 +1,201 @@
+"""DFME: data-free model extraction (Truong et al., 2021), written against the counted BlackBox.
+
+Per iteration: g_iter generator steps (zeroth-order gradients through the victim), then d_iter
+student steps (the student imitates the victim's recovered logits on fresh generator samples).
+The attack holds nothing but the BlackBox; evaluation of the clone happens in a callback.
+"""
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from misleader import zoo
+from misleader.errors import UserError
+from misleader.losses import per_sample_disagreement, student_loss
+from misleader.runtime import autocast
+from misleader.victim import logits_from_probs
+
+
+@dataclass
+class DFMEConfig:
+    query_budget: int = 2_000_000  # in queries (the CLI takes millions)
+    batch_size: int = 256
+    epoch_itrs: int = 50
+    g_iter: int = 1
+    d_iter: int = 5
+    lr_S: float = 0.1
+    lr_G: float = 1e-4
+    nz: int = 256
+    grad_m: int = 1
+    grad_epsilon: float = 1e-3
+    loss: str = "l1"
+    scheduler: str = "multistep"
+    steps: tuple = (0.1, 0.3, 0.5)
+    scale: float = 0.3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    g_optimizer: str = "adam"  # MAZE: sgd
+    probs_as_logits: bool = False
+
+    @property
+    def cost_per_iteration(self):
+        return self.batch_size * (self.g_iter * (self.grad_m + 1) + self.d_iter)
+
+    @property
+    def epochs(self):
+        return self.query_budget // (self.cost_per_iteration * self.epoch_itrs) + 1
+
+    def validate(self):
+        if self.query_budget <= 0:
+            raise UserError(f"--query_budget must be positive, got {self.query_budget / 1e6:g}M")
+        if self.query_budget < self.cost_per_iteration:
+            raise UserError(f"--query_budget {self.query_budget} queries is less than one iteration's cost of "
+                            f"{self.cost_per_iteration} = batch_size*(g_iter*(grad_m+1)+d_iter); "
+                            f"minimum is {self.cost_per_iteration / 1e6:g}M")
+        for name in ("batch_size", "epoch_itrs", "g_iter", "d_iter", "grad_m", "nz"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.grad_epsilon <= 0:
+            raise UserError(f"--grad_epsilon must be positive, got {self.grad_epsilon}")
+        if self.loss not in ("l1", "kl"):
+            raise UserError(f"--loss must be l1 or kl, got {self.loss}")
+        if self.scheduler not in ("multistep", "cosine", "none"):
+            raise UserError(f"--scheduler must be multistep, cosine or none, got {self.scheduler}")
+
+
+def maze_preset(cfg):
+    """MAZE's settings on top of DFME's: KL loss, batch 128, 10 directions, SGD generator at 1e-4, cosine."""
+    cfg.loss, cfg.batch_size, cfg.grad_m, cfg.lr_G, cfg.g_optimizer, cfg.scheduler = "kl", 128, 10, 1e-4, "sgd", "cosine"
+    return cfg
+
+
+def _scheduler(cfg, opt, epochs):
+    if cfg.scheduler == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, [int(s * epochs) for s in cfg.steps], cfg.scale)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+
+
+class DFME:
+    """The attack's state: student, generator, their optimisers and schedules, RNG, progress.
+
+    ``amp`` is used for the generator and for the student's training steps only; every evaluation
+    that enters a finite difference (victim and student at the perturbed points) stays float32."""
+
+    def __init__(self, cfg, victim, student, generator, num_classes, device, amp=None,
+                 memory_format=torch.contiguous_format, seed=0):
+        cfg.validate()
+        self.cfg, self.victim, self.student, self.generator = cfg, victim, student, generator
+        self.num_classes, self.device, self.amp, self.fmt = num_classes, device, amp, memory_format
+        self.opt_S = torch.optim.SGD(student.parameters(), lr=cfg.lr_S, momentum=cfg.momentum,
+                                     weight_decay=cfg.weight_decay)
+        if cfg.g_optimizer == "sgd":
+            self.opt_G = torch.optim.SGD(generator.parameters(), lr=cfg.lr_G, momentum=cfg.momentum)
+        else:
+            self.opt_G = torch.optim.Adam(generator.parameters(), lr=cfg.lr_G)
+        self.sched_S = _scheduler(cfg, self.opt_S, cfg.epochs)
+        self.sched_G = _scheduler(cfg, self.opt_G, cfg.epochs)
+        self.rng = torch.Generator(device=device).manual_seed(seed)
+        self.epoch, self.itr = 0, 0  # completed epochs, completed iterations within the current epoch
+        self.best_acc = -1.0
+        self.last = {}
+
+    # -- victim answers as the attacker sees them
+    def victim_logits(self, x):
+        answer = self.victim(x)
+        if self.victim.output == "probs":
+            return logits_from_probs(answer, self.cfg.probs_as_logits)
+        return answer - answer.mean(1, keepdim=True)
+
+    def sample(self, grad=False, pre_x=False):
+        z = torch.randn(self.cfg.batch_size, self.cfg.nz, device=self.device, generator=self.rng)
+        with torch.set_grad_enabled(grad), autocast(self.device, self.amp):
+            return self.generator(z, pre_x=pre_x).float().contiguous(memory_format=self.fmt)
+
+    def generator_step(self):
+        cfg = self.cfg
+        self.student.eval()
+        x_pre = self.sample(grad=True, pre_x=True)
+
+        def loss_at(points):  # what the generator maximises, per point; float32 throughout
+            x = torch.tanh(points).contiguous(memory_format=self.fmt)
+            return -per_sample_disagreement(self.student(x).float(), self.victim_logits(x), cfg.loss)
+
+        u = zoo.unit_directions(x_pre.shape[0], cfg.grad_m, x_pre.shape[1:], self.device, self.rng)
+        grad, loss = zoo.forward_difference(loss_at, x_pre.detach().float(), cfg.grad_m, cfg.grad_epsilon, u)
+        grad = grad / self.num_classes  # DFME's scaling; Adam makes the overall scale nearly irrelevant
+        self.opt_G.zero_grad(set_to_none=True)
+        x_pre.backward(grad)
+        self.opt_G.step()
+        self.student.train()
+        return loss.mean().item()
+
+    def student_step(self):
+        x = self.sample(grad=False)
+        target = self.victim_logits(x)
+        with autocast(self.device, self.amp):
+            out = self.student(x)
+        loss = student_loss(out.float(), target, self.cfg.loss)
+        self.opt_S.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_S.step()
+        return loss.detach()
+
+    def iteration(self):
+        cfg = self.cfg
+        self.generator.train()
+        g_loss = sum(self.generator_step() for _ in range(cfg.g_iter)) / cfg.g_iter
+        s_loss = sum(self.student_step() for _ in range(cfg.d_iter)).item() / cfg.d_iter
+        self.itr += 1
+        return g_loss, s_loss
+
+    def can_continue(self):
+        return self.victim.left >= self.cfg.cost_per_iteration and self.epoch < self.cfg.epochs
+
+    def run(self, on_epoch=None, on_iteration=None, progress=None):
+        """Train until the budget cannot pay for another iteration. on_epoch(self, stats) evaluates and
+        logs; on_iteration(self) may save state. Returns the number of iterations run in this call."""
+        cfg, done = self.cfg, 0
+        while self.can_continue():
+            t0, used0, g_sum, s_sum, n = time.time(), self.victim.used, 0.0, 0.0, 0
+            while self.itr < cfg.epoch_itrs and self.victim.left >= cfg.cost_per_iteration:
+                g, s = self.iteration()
+                g_sum, s_sum, n, done = g_sum + g, s_sum + s, n + 1, done + 1
+                if progress is not None:
+                    progress.update(cfg.cost_per_iteration)
+                if on_iteration is not None:
+                    on_iteration(self)
+            self.epoch += 1
+            self.itr = 0
+            secs = time.time() - t0
+            self.last = {"loss_G": g_sum / max(n, 1), "loss_S": s_sum / max(n, 1),
+                         "lr_S": self.opt_S.param_groups[0]["lr"], "lr_G": self.opt_G.param_groups[0]["lr"],
+                         "queries_used": self.victim.used, "queries_per_s": (self.victim.used - used0) / secs}
+            self.sched_S.step()
+            self.sched_G.step()
+            if on_epoch is not None:
+                on_epoch(self, self.last)
+        return done
+
+    # -- resumable state
+    def state_dict(self):
+        return {"student": self.student.state_dict(), "generator": self.generator.state_dict(),
+                "opt_S": self.opt_S.state_dict(), "opt_G": self.opt_G.state_dict(),
+                "sched_S": self.sched_S.state_dict(), "sched_G": self.sched_G.state_dict(),
+                "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(), "epoch": self.epoch,
+                "itr": self.itr, "best_acc": self.best_acc, "queries_used": self.victim.used,
+                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.cfg).items()}}
+
+    def load_state_dict(self, st):
+        self.student.load_state_dict(st["student"])
+        self.generator.load_state_dict(st["generator"])
+        self.opt_S.load_state_dict(st["opt_S"])
+        self.opt_G.load_state_dict(st["opt_G"])
+        self.sched_S.load_state_dict(st["sched_S"])
+        self.sched_G.load_state_dict(st["sched_G"])
+        self.rng.set_state(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
+        self.epoch, self.itr, self.best_acc = st["epoch"], st["itr"], st["best_acc"]
+        self.victim.used = st["queries_used"]

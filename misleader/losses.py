@@ -1,0 +1,55 @@
+"""Losses of the defense (distillation, attack-aware member loss, surrogate loss) and of DFME."""
+
+import torch
+import torch.nn.functional as F
+
+PROB_FLOOR = 1e-7  # probabilities inside the attack KL are clamped here, which bounds it by log(1/1e-7) ~ 16.1
+
+
+def kd_loss(student_logits, teacher_logits, y, T, alpha):
+    """alpha*T^2*KL(softmax(t/T) || softmax(s/T)) + (1-alpha)*CE(s, y), KL averaged over the batch."""
+    kl = F.kl_div(F.log_softmax(student_logits / T, 1), F.log_softmax(teacher_logits / T, 1),
+                  reduction="batchmean", log_target=True)
+    return alpha * T * T * kl + (1 - alpha) * F.cross_entropy(student_logits, y)
+
+
+def clamped_kl(p_logits, q_logits, floor=PROB_FLOOR):
+    """Batch-mean KL(softmax(p) || softmax(q)) with both probability vectors clamped below at ``floor``.
+
+    The clamp bounds the value and stops the gradient of probabilities already at the floor, so a loss
+    that maximises this KL cannot push logits to infinity."""
+    p = F.softmax(p_logits.float(), 1).clamp(min=floor)
+    q = F.softmax(q_logits.float(), 1).clamp(min=floor)
+    return (p * (p.log() - q.log())).sum(1).mean()
+
+
+def member_loss(member_clean, teacher_clean, y, member_proxy, surrogate_proxy, T, alpha, lambda_):
+    """MISLEADER member loss: KD on clean data minus lambda * KL(member || surrogate) on proxy data.
+
+    Returns (total, kd, attack_kl); the surrogate's outputs are detached here."""
+    kd = kd_loss(member_clean.float(), teacher_clean.float(), y, T, alpha)
+    attack = clamped_kl(member_proxy, surrogate_proxy.detach())
+    return kd - lambda_ * attack, kd, attack
+
+
+def surrogate_loss(member_proxy, surrogate_proxy):
+    """The simulated attacker imitates the member: KL(softmax(member).detach() || softmax(surrogate))."""
+    return clamped_kl(member_proxy.detach(), surrogate_proxy)
+
+
+def student_loss(student_logits, victim_logits, kind="l1"):
+    """DFME clone loss: L1 between logits, or KL(victim || student) for the MAZE-style 'kl'."""
+    if kind == "l1":
+        return F.l1_loss(student_logits, victim_logits)
+    if kind == "kl":
+        return F.kl_div(F.log_softmax(student_logits, 1), F.log_softmax(victim_logits, 1),
+                        reduction="batchmean", log_target=True)
+    raise ValueError(f"unknown loss '{kind}'")
+
+
+def per_sample_disagreement(student_logits, victim_logits, kind="l1"):
+    """Per-sample clone loss (L1 averaged over classes, or KL), the quantity the generator maximises."""
+    if kind == "l1":
+        return (student_logits - victim_logits).abs().mean(1)
+    return F.kl_div(F.log_softmax(student_logits, 1), F.log_softmax(victim_logits, 1),
+                    reduction="none", log_target=True).sum(1)

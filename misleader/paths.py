@@ -1,0 +1,26 @@
+"""The one path convention every stage reads and writes (relative to the repository root)."""
+
+import os
+
+
+def _tagged(stem, tag):
+    return f"{stem}-{tag}" if tag else stem
+
+
+def teacher_path(dataset, arch, tag=None):
+    return os.path.join("Defense", "cache", "teacher", _tagged(f"{dataset}-{arch}", tag) + ".pt")
+
+
+def member_path(dataset, arch, tag=None):
+    return os.path.join("Defense", "cache", "defense", _tagged(f"{dataset}-{arch}", tag) + ".pt")
+
+
+def ensemble_path(dataset, tag=None):
+    return os.path.join("Defense", "ensemble", _tagged(dataset, tag) + ".pt")
+
+
+def attack_path(dataset, victim, student, seed, tag=None):
+    return os.path.join("DFME", "cache", _tagged(f"{dataset}-{victim}-{student}-seed{seed}", tag) + ".pt")
+
+
+RESULTS_CSV = os.path.join("results", "results.csv")

@@ -1,0 +1,42 @@
+"""results/results.csv: one row per attack run, appended (header written once, columns fixed)."""
+
+import csv
+import os
+
+COLUMNS = ["dataset", "victim", "victim_acc", "attack", "student_model", "query_budget", "queries_used", "clone_acc",
+           "clone_best_acc", "fidelity", "seed", "probs_as_logits", "label", "config", "victim_path", "run_dir",
+           "attack_path", "wall_s", "git_commit", "date"]
+
+
+def append_row(path, row):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    new = not os.path.isfile(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def format_table(rows):
+    """A small fixed-width table of attack rows for the console."""
+    head = ["victim", "victim_acc", "student", "clone_acc", "best", "fidelity", "queries_used", "seed"]
+    body = [[r["victim"], r["victim_acc"], r["student_model"], r["clone_acc"], r["clone_best_acc"], r["fidelity"],
+             f"{r['queries_used']}/{r['query_budget']}", r["seed"]] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in [head, *body])
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="Print rows of a results CSV as a table.")
+    p.add_argument("csv", nargs="?", default=os.path.join("results", "results.csv"))
+    p.add_argument("--skip", type=int, default=0, help="skip the first N data rows (rows of earlier runs)")
+    a = p.parse_args()
+    print(format_table(read_rows(a.csv)[a.skip:]))

@@ -1,0 +1,98 @@
+"""Run logging: params.json, metrics.csv, TensorBoard scalars and one console line per epoch.
+
+Every stage writes under one TensorBoard root (``--log_dir``, default ``runs/``):
+``runs/<stage>/<run_name>/{params.json, metrics.csv, events.out.tfevents.*}``.
+"""
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions():
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "platform": platform.platform(), "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+
+
+class RunLog:
+    """One run's logs. ``log(step, metrics)`` writes a CSV row, TensorBoard scalars and a console line."""
+
+    def __init__(self, log_dir, stage, run_name, args, resume_step=None):
+        self.dir = os.path.join(log_dir, stage, run_name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.csv_path = os.path.join(self.dir, "metrics.csv")
+        self.params = {"args": dict(args), "argv": sys.argv, "git_commit": git_commit(), "versions": versions()}
+        with open(os.path.join(self.dir, "params.json"), "w") as f:
+            json.dump(self.params, f, indent=2, sort_keys=True, default=str)
+        self.fields = None
+        if resume_step is not None and os.path.isfile(self.csv_path):
+            self._truncate(resume_step)
+        elif os.path.isfile(self.csv_path):
+            os.remove(self.csv_path)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(self.dir, purge_step=None if resume_step is None else resume_step + 1)
+
+    def _truncate(self, last_step):
+        """On resume, keep only the rows up to last_step so none is duplicated."""
+        with open(self.csv_path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= last_step]
+        if rows:
+            self.fields = list(rows[0])
+        with open(self.csv_path, "w", newline="") as f:
+            if rows:
+                w = csv.DictWriter(f, fieldnames=self.fields)
+                w.writeheader()
+                w.writerows(rows)
+
+    def scalars(self, step, metrics, prefix=""):
+        for k, v in metrics.items():
+            self.tb.add_scalar(prefix + k, v, step)
+
+    def log(self, step, metrics, console=True, extra=None):
+        """Append {step, **metrics} to metrics.csv, write them as scalars, and print one line."""
+        row = {"step": step, **{k: _fmt(v) for k, v in metrics.items()}}
+        new_file = not os.path.isfile(self.csv_path) or os.path.getsize(self.csv_path) == 0
+        if self.fields is None:
+            self.fields = list(row)
+        with open(self.csv_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new_file:
+                w.writeheader()
+            w.writerow(row)
+        self.scalars(step, metrics)
+        if extra:
+            self.scalars(step, extra)
+        if console:
+            shown = {**metrics, **(extra or {})}
+            print(f"[{step}] " + "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items()), flush=True)
+
+    def close(self):
+        self.tb.flush()
+        self.tb.close()
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return float(f"{v:.6g}")
+    return v

@@ -1,0 +1,53 @@
+"""Device choice, seeding and mixed precision: decided once per run, used everywhere."""
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+from misleader.errors import UserError
+
+
+def pick_device(name="auto"):
+    """'auto' -> CUDA when present, else CPU. An explicit 'cuda' without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} requested but no CUDA device is available (use --device cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"bad --device '{name}': {e}") from e
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def amp_dtype(mode, device):
+    """Resolve --amp {auto,off,bf16} to a dtype or None.
+
+    auto: bf16 on CUDA (where it is fast and safe); fp32 on CPU, because bf16 only pays on CPUs with
+    AMX/AVX512-BF16 and this project is tested on one without (see README, Performance).
+    """
+    if mode == "off":
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    if mode == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    raise UserError(f"--amp must be auto, off or bf16, got '{mode}'")
+
+
+def autocast(device, dtype):
+    """An autocast context for dtype, or a no-op context when dtype is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def memory_format(device, channels_last):
+    return torch.channels_last if channels_last else torch.contiguous_format
