@@ -9,9 +9,9 @@ fi
 TAG=""                 # suffix of every checkpoint name, so configs on one dataset do not overwrite each other
 SEED=0                 # seed of teacher and defense training
 SEEDS=(0)              # seeds of the attack runs
-DEVICE=auto
+DEVICE="${DEVICE:-auto}"     # environment may override: DEVICE=cpu bash test.sh
 VAL_SIZE=""            # empty: the dataset's default (5000; 1000 for synthetic)
-PROGRESS=1
+PROGRESS="${PROGRESS:-1}"   # 0 hides the tqdm bars
 TEACHER_ARGS=()        # extra flags for Defense/train_teacher.py
 DEFENSE_ARGS=()        # extra flags for Defense/train_defense.py (every member)
 DFME_ARGS=()           # extra flags for DFME/dfme.py (every attack)

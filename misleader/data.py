@@ -244,7 +244,7 @@ def _to_split(x_uint8, y, device):
     if x.shape[-1] != IMG_SIZE:
         x = F.interpolate(x, size=(IMG_SIZE, IMG_SIZE), mode="bilinear", align_corners=False, antialias=False)
         x = x.clamp_(0, 1)
-    return Split(x.to(device), torch.as_tensor(np.asarray(y), dtype=torch.long).to(device))
+    return Split(x.to(device), torch.from_numpy(np.array(y, dtype=np.int64)).to(device))
 
 
 def load_dataset(name, data_root="data", val_size=None, seed=0, device="cpu"):

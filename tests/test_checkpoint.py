@@ -1,0 +1,213 @@
+"""Checkpoints: atomic writes, weights_only reads, one-line errors and field checks (misleader/checkpoint.py)."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from misleader import checkpoint  # noqa: E402
+from misleader.data import dataset_info  # noqa: E402
+from misleader.errors import UserError  # noqa: E402
+from misleader.models import create_model  # noqa: E402
+
+
+class Opaque:
+    """An arbitrary object: torch.save pickles it, weights_only must refuse it."""
+
+    def __init__(self):
+        self.weights = torch.ones(3)
+
+
+@pytest.fixture
+def lenet_ckpt(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("lenet5", num_classes=10, in_channels=1).eval()
+    path = str(tmp_path / "teacher.pt")
+    payload = checkpoint.classifier_payload(model, "lenet5", "synthetic", 10, 1, metrics={"val_acc": 0.5},
+                                            args={"epochs": 3}, seed=7)
+    checkpoint.save(path, payload)
+    return model, path
+
+
+def test_round_trip_gives_identical_outputs(lenet_ckpt):
+    model, path = lenet_ckpt
+    ck = checkpoint.load(path)
+    assert ck["kind"] == "classifier" and ck["arch"] == "lenet5" and ck["dataset"] == "synthetic"
+    assert ck["num_classes"] == 10 and ck["in_channels"] == 1 and ck["seed"] == 7
+    assert ck["metrics"] == {"val_acc": 0.5} and ck["args"] == {"epochs": 3}
+    # the file really is loadable with the strict unpickler
+    raw = torch.load(path, weights_only=True)
+    assert set(raw["state_dict"]) == set(model.state_dict())
+
+    loaded, ck2 = checkpoint.load_classifier(path, "lenet5", dataset_info("synthetic"), "teacher.sh")
+    loaded.eval()
+    x = torch.randn(5, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    # a fresh model with different weights gives different outputs, so the equality above is meaningful
+    torch.manual_seed(1)
+    other = create_model("lenet5", num_classes=10, in_channels=1).eval()
+    with torch.no_grad():
+        assert not torch.equal(model(x), other(x))
+
+
+def test_payload_tensors_are_detached_copies_on_cpu():
+    model = create_model("lenet5", num_classes=10, in_channels=1)
+    payload = checkpoint.classifier_payload(model, "lenet5", "synthetic", 10, 1)
+    for v in payload["state_dict"].values():
+        assert v.device.type == "cpu" and not v.requires_grad
+    assert payload["format"] == checkpoint.FORMAT and payload["metrics"] == {} and payload["args"] == {}
+
+
+@pytest.mark.parametrize("field,kwargs,bad", [
+    ("arch", {"arch": "lenet5half"}, "'lenet5half'"),
+    ("num_classes", {"num_classes": 100}, "100"),
+    ("in_channels", {"in_channels": 3}, "3"),
+    ("dataset", {"dataset": "mnist"}, "'mnist'"),
+    ("kind", {"kind": "ensemble"}, "'ensemble'"),
+])
+def test_check_names_the_mismatched_field(lenet_ckpt, field, kwargs, bad):
+    _, path = lenet_ckpt
+    ck = checkpoint.load(path)
+    with pytest.raises(UserError) as err:
+        checkpoint.check(ck, path, **kwargs)
+    msg = str(err.value)
+    assert f"{field}=" in msg and bad in msg and path in msg and "\n" not in msg
+
+
+def test_check_passes_on_match(lenet_ckpt):
+    _, path = lenet_ckpt
+    ck = checkpoint.load(path)
+    assert checkpoint.check(ck, path, kind="classifier", arch="lenet5", num_classes=10, in_channels=1,
+                            dataset="synthetic") is ck
+
+
+def test_load_classifier_mismatches(lenet_ckpt):
+    _, path = lenet_ckpt
+    with pytest.raises(UserError, match="arch='lenet5'.*expected 'lenet5half'"):
+        checkpoint.load_classifier(path, "lenet5half", dataset_info("synthetic"), "x")
+    with pytest.raises(UserError, match="in_channels=1.*expected 3"):
+        checkpoint.load_classifier(path, "lenet5", dataset_info("synthetic_rgb"), "x")
+    with pytest.raises(UserError, match="num_classes=10.*expected 100"):
+        checkpoint.load_classifier(path, "lenet5", dataset_info("cifar100"), "x")
+    with pytest.raises(UserError, match="dataset='synthetic'.*expected 'mnist'"):
+        checkpoint.load_classifier(path, "lenet5", dataset_info("mnist"), "x")
+
+
+def test_missing_file(tmp_path):
+    path = str(tmp_path / "none.pt")
+    with pytest.raises(UserError) as err:
+        checkpoint.load(path, made_by="teacher.sh")
+    msg = str(err.value)
+    assert "not found" in msg and path in msg and "teacher.sh" in msg
+
+
+@pytest.mark.parametrize("cut", ["half", "empty"])
+def test_truncated_file(lenet_ckpt, cut):
+    _, path = lenet_ckpt
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2 if cut == "half" else 0)
+    with pytest.raises(UserError) as err:
+        checkpoint.load(path, made_by="teacher.sh")
+    msg = str(err.value)
+    assert path in msg and "corrupt" in msg and "teacher.sh" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("content", [
+    bytes(range(256)) * 2,
+    b"\0" * 100,
+    b"a,b\n1,2\n",  # a CSV passed by mistake: torch's unpickler raises IndexError
+], ids=["binary", "zeros", "text"])
+def test_garbage_file_is_one_line_error(tmp_path, content):
+    path = str(tmp_path / "garbage.pt")
+    with open(path, "wb") as f:
+        f.write(content)
+    with pytest.raises(UserError) as err:
+        checkpoint.load(path)
+    msg = str(err.value)
+    assert path in msg and "\n" not in msg
+
+
+def test_pickled_object_is_refused(tmp_path):
+    path = str(tmp_path / "obj.pt")
+    torch.save(Opaque(), path)
+    with pytest.raises(UserError) as err:
+        checkpoint.load(path)
+    msg = str(err.value)
+    assert "refusing" in msg and path in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("obj", [
+    {"state_dict": {"w": torch.zeros(2)}},
+    {"format": 999, "kind": "classifier"},
+    {"format": checkpoint.FORMAT},
+    [torch.zeros(2)],
+])
+def test_non_misleader_content_is_refused(tmp_path, obj):
+    path = str(tmp_path / "foreign.pt")
+    torch.save(obj, path)
+    with pytest.raises(UserError, match="not a MISLEADER checkpoint"):
+        checkpoint.load(path)
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
+    folder = tmp_path / "deep" / "er"
+    path = str(folder / "a.pt")
+    checkpoint.save(path, {"format": checkpoint.FORMAT, "kind": "x", "v": torch.arange(3)})
+    assert os.listdir(folder) == ["a.pt"]
+    checkpoint.save(path, {"format": checkpoint.FORMAT, "kind": "x", "v": torch.arange(4)})
+    assert os.listdir(folder) == ["a.pt"]
+    assert torch.equal(checkpoint.load(path)["v"], torch.arange(4))
+
+
+def test_interrupted_save_keeps_the_old_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "a.pt")
+    checkpoint.save(path, {"format": checkpoint.FORMAT, "kind": "x", "v": torch.arange(3)})
+    before = open(path, "rb").read()
+
+    real_save = torch.save
+
+    def broken_save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)  # bytes reach the temp file...
+        f.write(b"partial")
+        raise KeyboardInterrupt  # ...then the run is interrupted before the rename
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(path, {"format": checkpoint.FORMAT, "kind": "x", "v": torch.arange(100)})
+    monkeypatch.undo()
+    assert open(path, "rb").read() == before
+    assert os.listdir(tmp_path) == ["a.pt"]
+    assert torch.equal(checkpoint.load(path)["v"], torch.arange(3))
+
+
+def test_check_writable(tmp_path):
+    target = tmp_path / "new" / "folder" / "out.pt"
+    checkpoint.check_writable(str(target))
+    assert os.path.isdir(target.parent) and os.listdir(target.parent) == []  # the probe is gone
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(UserError, match="cannot write to"):
+        checkpoint.check_writable(str(blocker / "sub" / "out.pt"))
+
+
+def test_state_path():
+    assert checkpoint.state_path("a/b.pt") == "a/b.state.pt"
+    assert checkpoint.state_path("a/b") == "a/b.state.pt"
+
+
+def test_rng_snapshot_survives_a_weights_only_round_trip(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    torch.manual_seed(11)
+    path = str(tmp_path / "s.pt")
+    checkpoint.save(path, {"format": checkpoint.FORMAT, "kind": "state", "rng": checkpoint.rng_snapshot(g)})
+    want = (torch.rand(4), torch.rand(4, generator=g))
+    checkpoint.rng_restore(checkpoint.load(path)["rng"], g)
+    got = (torch.rand(4), torch.rand(4, generator=g))
+    assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])

@@ -1,0 +1,200 @@
+"""Entry points as a user runs them: --help, and one-line errors with exit code 2 before any training.
+
+The headline failures run each in its own interpreter (started together by one module-scoped fixture,
+since importing torch dominates each run); the rest load the entry-point script in-process and call
+its main_wrapper with a patched sys.argv, which exercises the same parse / main / error path.
+"""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ["Defense/train_teacher.py", "Defense/train_defense.py", "Defense/ensemble.py", "DFME/dfme.py"]
+PY = sys.executable
+
+
+def _commands(tmp):
+    empty = os.path.join(tmp, "empty_root")
+    os.makedirs(empty, exist_ok=True)
+    out = ["--out", os.path.join(tmp, "out", "x.pt"), "--log_dir", os.path.join(tmp, "runs")]
+    dfme = [PY, "DFME/dfme.py", "--dataset", "synthetic", "--results", os.path.join(tmp, "r.csv"),
+            "--log_dir", os.path.join(tmp, "runs")]
+    return {
+        "no_mnist": ([PY, "Defense/train_teacher.py", "--dataset", "mnist", "--data_root", empty, "--epochs", "1"]
+                     + out, REPO),
+        "no_teacher": ([PY, "Defense/train_defense.py", "--dataset", "synthetic", "--teacher_path",
+                        os.path.join(tmp, "none.pt")] + out, REPO),
+        "budget_small": (dfme + ["--query_budget", "0.0001"], REPO),
+        "bad_config": (["bash", "teacher.sh"], REPO),
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("cli"))
+    env = dict(os.environ, MISLEADER_OFFLINE="1", CONFIG="nosuch")
+    env.pop("PYTHONPATH", None)
+
+    def run(item):
+        cmd, cwd = item
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+    cmds = _commands(tmp)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        done = dict(zip(cmds, pool.map(run, cmds.values())))
+    done["tmp"] = tmp
+    return done
+
+
+_MODULES = {}
+
+
+def _script(path):
+    """Import an entry-point script as a module (once)."""
+    if path not in _MODULES:
+        name = "cli_" + re.sub(r"\W", "_", path)
+        spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, path))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        _MODULES[path] = mod
+    return _MODULES[path]
+
+
+@pytest.fixture
+def call(monkeypatch, capsys, tmp_path):
+    """call(script, *argv) -> (exit code, stdout, stderr) of the script's main_wrapper(main), in-process."""
+    monkeypatch.setenv("MISLEADER_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)  # a default output path would land here, not in the repository
+
+    def _call(path, *argv):
+        mod = _script(path)
+        monkeypatch.setattr(sys, "argv", [path, *argv])
+        with pytest.raises(SystemExit) as ex:
+            mod.main_wrapper(mod.main)
+            pytest.fail("the entry point returned instead of exiting")
+        out, err = capsys.readouterr()
+        return ex.value.code, out, err
+
+    return _call
+
+
+def _err_line(code, err):
+    assert code == 2, (code, err[-2000:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _one_error_line(proc):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def _flags(script):
+    """Every --flag the script (and misleader/cli.py's shared flags) declares with add_argument."""
+    flags = set()
+    for path in (script, "misleader/cli.py"):
+        src = open(os.path.join(REPO, path)).read()
+        for call in re.findall(r"add_argument\(\s*((?:\"--?\w+\",\s*)+)", src):
+            flags.update(re.findall(r"\"(--\w+)\"", call))
+    return flags
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_lists_every_flag(call, script):
+    code, out, err = call(script, "--help")
+    assert code == 0, err
+    flags = _flags(script)
+    assert {"--dataset", "--seed", "--device", "--data_root"} <= flags and len(flags) > 12
+    missing = [f for f in flags if not re.search(re.escape(f) + r"\b", out)]
+    assert not missing, missing
+    assert "usage:" in out
+
+
+@pytest.mark.parametrize("script,argv", [
+    ("Defense/train_teacher.py", []),
+    ("Defense/train_defense.py", []),
+    ("Defense/ensemble.py", ["--members", "lenet5"]),
+    ("DFME/dfme.py", []),
+])
+def test_bad_dataset(call, script, argv):
+    line = _err_line(*call(script, "--dataset", "nosuch", *argv)[::2])
+    assert "nosuch" in line and "fashionmnist" in line and "synthetic_rgb" in line
+
+
+@pytest.mark.parametrize("script,flag", [
+    ("Defense/train_teacher.py", "--model"),
+    ("Defense/train_defense.py", "--defense_model"),
+])
+def test_bad_model(call, tmp_path, script, flag):
+    line = _err_line(*call(script, "--dataset", "synthetic", flag, "nosuch", "--out", str(tmp_path / "x.pt"))[::2])
+    assert "nosuch" in line and "lenet5" in line and "resnet34_8x" in line
+    assert not os.path.exists(tmp_path / "x.pt")
+
+
+@pytest.mark.parametrize("script", ["Defense/train_teacher.py", "Defense/train_defense.py"])
+def test_non_integer_epochs(call, script):
+    line = _err_line(*call(script, "--dataset", "synthetic", "--epochs", "ten")[::2])
+    assert "--epochs" in line and "ten" in line and "--help" in line
+
+
+def test_zero_epochs(call):
+    line = _err_line(*call("Defense/train_teacher.py", "--dataset", "synthetic", "--epochs", "0")[::2])
+    assert "--epochs" in line and "positive" in line
+
+
+def test_missing_mnist_names_files_and_folder(runs):
+    line = _one_error_line(runs["no_mnist"])
+    folder = os.path.join(runs["tmp"], "empty_root", "MNIST", "raw")
+    assert "train-images-idx3-ubyte" in line and "t10k-labels-idx1-ubyte" in line and folder in line
+    assert not os.path.exists(os.path.join(runs["tmp"], "out", "x.pt"))
+
+
+def test_missing_cifar10_names_folder(call, tmp_path):
+    empty = tmp_path / "empty_root"
+    empty.mkdir()
+    line = _err_line(*call("Defense/train_teacher.py", "--dataset", "cifar10", "--model", "lenet5", "--data_root",
+                           str(empty), "--epochs", "1", "--out", str(tmp_path / "x.pt"),
+                           "--log_dir", str(tmp_path / "runs"))[::2])
+    assert "cifar-10-batches-py" in line and "data_batch_1" in line and str(empty) in line
+
+
+def test_missing_teacher_checkpoint(runs):
+    line = _one_error_line(runs["no_teacher"])
+    assert os.path.join(runs["tmp"], "none.pt") in line and "not found" in line
+    assert "train_teacher" in line or "teacher.sh" in line  # says which stage makes it
+
+
+def test_zero_query_budget(call):
+    line = _err_line(*call("DFME/dfme.py", "--dataset", "synthetic", "--query_budget", "0")[::2])
+    assert "--query_budget" in line and "positive" in line
+
+
+def test_budget_below_one_iteration(runs):
+    line = _one_error_line(runs["budget_small"])
+    # default batch 256 * (g_iter 1 * (grad_m 1 + 1) + d_iter 5) = 1792 queries per iteration
+    assert "--query_budget" in line and "1792" in line and "minimum is 0.001792M" in line
+    assert not os.path.exists(os.path.join(runs["tmp"], "r.csv"))
+
+
+def test_budget_below_one_iteration_with_smaller_batch(call):
+    line = _err_line(*call("DFME/dfme.py", "--dataset", "synthetic", "--query_budget", "0.0005",
+                           "--batch_size", "100")[::2])
+    assert "minimum is 0.0007M" in line  # 100 * (1 * 2 + 5) = 700 queries
+
+
+def test_unknown_config(runs):
+    line = _one_error_line(runs["bad_config"])
+    assert "unknown config 'nosuch'" in line
+    for name in ("quick", "smoke", "mnist", "cifar10"):
+        assert re.search(rf"\b{name}\b", line)
+    assert not re.search(r"\bload\b", line)  # the loader is not a config
+    assert runs["bad_config"].stdout == ""  # stopped before any stage started

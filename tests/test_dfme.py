@@ -1,0 +1,81 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from misleader.dfme import DFME, DFMEConfig
+from misleader.errors import UserError
+from misleader.models import Generator, create_model
+from misleader.victim import BlackBox, BudgetExceeded
+
+
+class Counting(nn.Module):
+    """An independent count of every sample that reaches the victim model."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, 0
+
+    def forward(self, x):
+        self.seen += x.shape[0]
+        return self.model(x)
+
+
+def make_attack(budget, **kw):
+    torch.manual_seed(0)
+    cfg = DFMEConfig(query_budget=budget, batch_size=16, epoch_itrs=3, nz=16, **kw)
+    cfg.validate()  # as the entry point does, before the victim API is built
+    victim_model = Counting(create_model("lenet5fifth", 10, 1))
+    victim = BlackBox(victim_model, cfg.query_budget)
+    attack = DFME(cfg, victim, create_model("lenet5fifth", 10, 1), Generator(nz=16, ngf=8, nc=1), 10,
+                  torch.device("cpu"), seed=0)
+    return attack, victim, victim_model
+
+
+def test_budget_is_never_exceeded_and_equals_iterations_times_cost():
+    budget = 1000  # cost per iteration 16*(1*2+5) = 112 -> 8 iterations, 896 queries
+    attack, victim, counted = make_attack(budget)
+    iterations = attack.run()
+    assert attack.cfg.cost_per_iteration == 112
+    assert iterations == budget // 112
+    assert victim.used == counted.seen == iterations * 112 <= budget
+    with pytest.raises(BudgetExceeded):
+        victim(torch.zeros(victim.left + 1, 1, 32, 32))
+    assert victim.used == counted.seen
+
+
+def test_epochs_follow_the_published_formula():
+    cfg = DFMEConfig(query_budget=2_000_000, batch_size=256, epoch_itrs=50)
+    assert cfg.cost_per_iteration == 256 * 7
+    assert cfg.epochs == 2_000_000 // (256 * 7 * 50) + 1
+
+
+@pytest.mark.parametrize("budget,msg", [(0, "positive"), (100, "minimum is 0.000112M")])
+def test_bad_budgets_are_user_errors(budget, msg):
+    with pytest.raises(UserError, match=msg):
+        make_attack(budget)
+
+
+def test_probs_as_logits_changes_the_targets():
+    attack, _, _ = make_attack(10_000)
+    x = torch.randn(16, 1, 32, 32)
+    honest = attack.victim_logits(x)
+    attack.cfg.probs_as_logits = True
+    flattened = attack.victim_logits(x)
+    assert not torch.allclose(honest, flattened, atol=1e-2)
+    assert (flattened.max(1).values - flattened.min(1).values).max() <= 1.0
+
+
+def test_state_round_trip_continues_identically():
+    """Resuming from a saved state gives the same models and query count as an uninterrupted run."""
+    full, victim_full, _ = make_attack(1000)
+    full.run()
+    part, victim_part, _ = make_attack(1000)
+    for _ in range(3):
+        part.iteration()
+    state = part.state_dict()
+    resumed, victim_resumed, _ = make_attack(1000)
+    resumed.load_state_dict(state)
+    resumed.run()
+    assert victim_resumed.used == victim_full.used
+    for a, b in zip(full.student.state_dict().values(), resumed.student.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)

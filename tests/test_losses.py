@@ -1,0 +1,120 @@
+import glob
+import math
+import re
+
+import torch
+
+from misleader.data import Augment, load_dataset
+from misleader.defense import DefenseStep, proxy_kl
+from misleader.losses import PROB_FLOOR, clamped_kl, kd_loss, member_loss, surrogate_loss
+from misleader.models import create_model
+
+
+def softmax_row(z):
+    e = [math.exp(v - max(z)) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def test_kd_loss_matches_hand_computation_on_2x3():
+    s = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
+    t = [[2.0, 0.0, 1.0], [1.0, 1.0, -2.0]]
+    y = [1, 2]
+    T, alpha = 2.0, 0.3
+    kl = 0.0
+    ce = 0.0
+    for i in range(2):
+        p_t = softmax_row([v / T for v in t[i]])
+        p_s = softmax_row([v / T for v in s[i]])
+        kl += sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s))
+        ce += -math.log(softmax_row(s[i])[y[i]])
+    expected = alpha * T * T * kl / 2 + (1 - alpha) * ce / 2
+    got = kd_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), T, alpha).item()
+    assert abs(got - expected) < 1e-5
+
+
+def test_clamped_kl_equals_kl_when_no_clamp_and_is_bounded():
+    p, q = torch.randn(5, 10), torch.randn(5, 10)
+    lp, lq = p.log_softmax(1), q.log_softmax(1)
+    plain = (lp.exp() * (lp - lq)).sum(1).mean()
+    assert torch.allclose(clamped_kl(p, q), plain, atol=1e-5)
+    huge = torch.zeros(2, 10)
+    huge[:, 0] = 1e4
+    other = torch.zeros(2, 10)
+    other[:, 1] = 1e4
+    value = clamped_kl(huge, other)
+    assert torch.isfinite(value) and value <= -math.log(PROB_FLOOR) + 1e-3
+
+
+def test_member_loss_detaches_surrogate_and_surrogate_loss_detaches_member():
+    d = torch.randn(4, 10, requires_grad=True)
+    f = torch.randn(4, 10, requires_grad=True)
+    total, kd, attack = member_loss(d, torch.randn(4, 10), torch.tensor([0, 1, 2, 3]), d, f, 2.0, 0.3, 0.5)
+    total.backward()
+    assert f.grad is None and d.grad is not None
+    assert torch.allclose(total, kd - 0.5 * attack)
+    d.grad = None
+    surrogate_loss(d, f).backward()
+    assert d.grad is None and f.grad is not None
+
+
+def _setup(lambda_, seed=0, lr=0.1):
+    torch.manual_seed(seed)
+    data = load_dataset("synthetic", val_size=100)
+    member = create_model("lenet5", 10, 1)
+    surrogate = create_model("lenet5half", 10, 1)
+    teacher = create_model("lenet5", 10, 1)
+    aug = Augment(data, seed=1)
+    opt_m = torch.optim.SGD(member.parameters(), lr=lr)
+    opt_s = torch.optim.SGD(surrogate.parameters(), lr=lr)
+    step = DefenseStep(member, surrogate, teacher, aug, opt_m, opt_s, 2.0, 0.3, lambda_, 1, torch.device("cpu"))
+    return data, step
+
+
+def test_attack_term_pushes_member_away_from_surrogate():
+    kls = {}
+    for lam in (0.0, 2.0):
+        data, step = _setup(lam)
+        x, y = data.train.x[:128], data.train.y[:128]
+        xa = step.aug.proxy(x)
+        step.aug.proxy = lambda _x, xa=xa: xa  # the member step sees exactly this attacker batch
+        for _ in range(3):
+            step.member_step(x, y)
+        kls[lam] = proxy_kl(step.member, step.surrogate, xa)
+    assert kls[2.0] > kls[0.0] + 1e-3, kls
+
+
+def test_surrogate_step_lowers_its_loss():
+    data, step = _setup(0.5, lr=0.05)
+    x = data.train.x[:128]
+    xa = step.aug.proxy(x)
+    step.aug.proxy = lambda _x: xa
+
+    def loss():
+        with torch.no_grad():
+            return surrogate_loss(step.member(xa), step.surrogate(xa)).item()
+
+    before = loss()
+    step.surrogate_step(x)
+    assert loss() < before
+
+
+def largest_config_lambda():
+    lams = []
+    for path in glob.glob("configs/*.sh"):
+        for entry in re.findall(r'"(\w+) ([0-9.eE+-]+) ([0-9.]+) ([0-9.]+)[^"]*"', open(path).read()):
+            lams.append(float(entry[1]))
+    return max(lams)
+
+
+def test_training_stays_finite_at_largest_config_lambda():
+    lam = largest_config_lambda()
+    assert lam >= 0.5
+    data, step = _setup(4 * lam, lr=0.1)  # four times the largest configured lambda, full member rate
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        idx = torch.randint(0, len(data.train), (128,), generator=g)
+        losses = step.step(data.train.x[idx], data.train.y[idx])
+        assert torch.isfinite(losses).all(), losses
+    with torch.no_grad():
+        out = step.member(data.normalize(data.val.x))
+    assert torch.isfinite(out).all()
