@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source configs/load.sh
 
-python Defense/train_teacher.py "${COMMON[@]}" "${TAGARG[@]}" \
+python Defense/train_teacher.py "${COMMON[@]}" "${TAGARG[@]}" --resume "$RESUME" \
     --model "$TEACHER_MODEL" --epochs "$TEACHER_EPOCHS" --batch_size "$TEACHER_BATCH" "${TEACHER_ARGS[@]}" "$@"

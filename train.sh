@@ -11,7 +11,7 @@ for entry in "${MEMBERS[@]}"; do
     read -r arch lambda T alpha attacker <<< "$entry"
     attacker="${attacker:-$arch}"
     echo "== member $arch: lambda $lambda, T $T, alpha $alpha, surrogate $attacker"
-    python Defense/train_defense.py "${COMMON[@]}" "${TAGARG[@]}" --teacher_model "$TEACHER_MODEL" \
+    python Defense/train_defense.py "${COMMON[@]}" "${TAGARG[@]}" --resume "$RESUME" --teacher_model "$TEACHER_MODEL" \
         --defense_model "$arch" --attacker_model "$attacker" --lambda_ "$lambda" --T "$T" --alpha "$alpha" \
         --epochs "$DEFENSE_EPOCHS" --batch_size "$DEFENSE_BATCH" --lr_defense "$LR_DEFENSE" \
         --lr_attacker "$LR_ATTACKER" --a_iter "$A_ITER" "${DEFENSE_ARGS[@]}" "$@"

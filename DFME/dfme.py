@@ -8,7 +8,6 @@ One row per run is appended to results/results.csv.
 
 import datetime
 import os
-import signal
 import sys
 import time
 
@@ -21,8 +20,9 @@ from misleader import checkpoint, paths  # noqa: E402
 from misleader.cli import Parser, add_common, main_wrapper  # noqa: E402
 from misleader.data import dataset_info, load_dataset  # noqa: E402
 from misleader.dfme import DFME, DFMEConfig, maze_preset  # noqa: E402
+from misleader.loop import StopFlag  # noqa: E402
 from misleader.models import Generator, create_model  # noqa: E402
-from misleader.results import append_row  # noqa: E402
+from misleader.results import append_row, has_row  # noqa: E402
 from misleader.runlog import RunLog, git_commit  # noqa: E402
 from misleader.runtime import amp_dtype, pick_device, seed_everything  # noqa: E402
 from misleader.train import predict  # noqa: E402
@@ -95,18 +95,6 @@ def make_config(args):
     return cfg
 
 
-class StopFlag:
-    """SIGINT / SIGTERM set a flag; the loop saves state at the next iteration boundary and exits."""
-
-    def __init__(self):
-        self.signum = None
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, self.handler)
-
-    def handler(self, signum, frame):
-        self.signum = signum
-
-
 def main(argv):
     args = parse(argv)
     cfg = make_config(args)
@@ -135,6 +123,9 @@ def main(argv):
     attack = DFME(cfg, victim, student, generator, info.num_classes, device, amp, fmt, seed=args.seed)
 
     state_file = checkpoint.state_path(out)
+    if args.resume and not os.path.isfile(state_file) and os.path.isfile(out) and has_row(args.results, out):
+        print(f"already done: {out} exists and {args.results} has its row (--resume 1 does not repeat it)")
+        return
     if args.resume and os.path.isfile(state_file):
         st = checkpoint.load(state_file)
         checkpoint.check(st, state_file, kind="attack-state", arch=args.student_model)
@@ -156,10 +147,7 @@ def main(argv):
     stop, last_save = StopFlag(), [time.time()]
 
     def on_iteration(a):
-        if stop.signum is not None:
-            save_state()
-            print(f"signal {stop.signum}: state saved to {state_file} at {victim.used} queries; rerun with --resume 1")
-            sys.exit(128 + stop.signum)
+        stop.exit_if_set(save_state, state_file)
         if time.time() - last_save[0] > args.save_every_min * 60:
             save_state()
             last_save[0] = time.time()
@@ -206,7 +194,8 @@ def main(argv):
            "probs_as_logits": int(args.probs_as_logits), "label": label, "config": args.config,
            "victim_path": victim_path, "run_dir": log.dir, "attack_path": out, "wall_s": f"{wall:.1f}",
            "git_commit": git_commit(), "date": datetime.date.today().isoformat()}
-    append_row(args.results, row)
+    if not (args.resume and has_row(args.results, out)):  # a run killed after writing its row adds it once
+        append_row(args.results, row)
     log.close()
     if os.path.isfile(state_file):
         os.remove(state_file)

@@ -7,16 +7,15 @@ Best epoch by validation accuracy of the member. Output: Defense/cache/defense/<
 
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from misleader import checkpoint, paths  # noqa: E402
 from misleader.cli import Parser, add_common, main_wrapper  # noqa: E402
-from misleader.data import Augment, batches, dataset_info, load_dataset, num_batches  # noqa: E402
+from misleader.data import Augment, dataset_info, load_dataset, num_batches  # noqa: E402
+from misleader.loop import EpochLoop  # noqa: E402
 from misleader.defense import DefenseStep  # noqa: E402
 from misleader.models import create_model  # noqa: E402
 from misleader.runlog import RunLog  # noqa: E402
@@ -45,7 +44,9 @@ def parse(argv):
     p.add_argument("--channels_last", type=int, default=1, choices=[0, 1], help="1 uses channels_last memory format")
     p.add_argument("--tag", default=None, help="suffix of the output name, to keep several members of one architecture")
     p.add_argument("--out", default=None, help="output path (default Defense/cache/defense/<dataset>-<arch>[-tag].pt)")
-    p.add_argument("--resume", type=int, default=0, choices=[0, 1], help="1 continues from <out>.state.pt")
+    p.add_argument("--resume", type=int, default=0, choices=[0, 1],
+                   help="1 continues from <out>.state.pt (written every epoch, every --save_every_min and on a signal)")
+    p.add_argument("--save_every_min", type=float, default=5.0, help="also save resumable state every N minutes")
     args = p.parse_args(argv)
     info = dataset_info(args.dataset)
     args.teacher_model = args.teacher_model or ("lenet5" if info.clean_aug == "none" else "resnet34_8x")
@@ -72,6 +73,9 @@ def main(argv):
     teacher, _ = checkpoint.load_classifier(args.teacher_path, args.teacher_model, info, "teacher.sh / Defense/train_teacher.py")
     teacher = teacher.to(device, memory_format=fmt).eval()
     checkpoint.check_writable(args.out)
+    if args.resume and os.path.isfile(args.out) and not os.path.isfile(checkpoint.state_path(args.out)):
+        print(f"already done: {args.out} exists (--resume 1 does not retrain it)")
+        return
     data = load_dataset(args.dataset, args.data_root, args.val_size, args.seed, device)
 
     steps = num_batches(len(data.train), args.batch_size)
@@ -79,71 +83,46 @@ def main(argv):
     opt_s = make_optimizer("sgd", surrogate.parameters(), args.lr_attacker, args.momentum, args.weight_decay)
     sch_m = make_scheduler("cosine", opt_m, args.epochs * steps)
     sch_s = make_scheduler("cosine", opt_s, args.epochs * steps)
-    order = torch.Generator().manual_seed(args.seed)
     aug = Augment(data, seed=args.seed + 1)
     trainer = DefenseStep(member, surrogate, teacher, aug, opt_m, opt_s, args.T, args.alpha, args.lambda_,
                           args.a_iter, device, amp, fmt)
-    state_file = checkpoint.state_path(args.out)
-    start, best_acc, best_epoch, best_state = 0, -1.0, -1, None
-    if args.resume and os.path.isfile(state_file):
-        st = checkpoint.load(state_file)
-        checkpoint.check(st, state_file, kind="defense-state", arch=args.defense_model)
-        member.load_state_dict(st["member"])
-        surrogate.load_state_dict(st["surrogate"])
-        for obj, key in ((opt_m, "opt_m"), (opt_s, "opt_s"), (sch_m, "sch_m"), (sch_s, "sch_s")):
-            obj.load_state_dict(st[key])
-        checkpoint.rng_restore(st["rng"], order, aug.g)
-        start, best_acc, best_epoch, best_state = st["epoch"], st["best_acc"], st["best_epoch"], st["best_state"]
-        print(f"resumed from {state_file} after epoch {start}")
+    loop = EpochLoop("defense-state", args.defense_model, checkpoint.state_path(args.out), member,
+                     {"member": member, "surrogate": surrogate, "opt_m": opt_m, "opt_s": opt_s, "sch_m": sch_m,
+                      "sch_s": sch_s}, aug.g, torch.Generator().manual_seed(args.seed), args.save_every_min)
+    resumed = bool(args.resume) and loop.resume()
     run_name = args.run_name or f"{args.dataset}-{args.defense_model}{'-' + args.tag if args.tag else ''}-seed{args.seed}"
-    log = RunLog(args.log_dir, "defense", run_name, vars(args), resume_step=start if args.resume else None)
+    log = RunLog(args.log_dir, "defense", run_name, vars(args), resume_step=loop.epoch if resumed else None)
     print(f"member {args.defense_model} (surrogate {args.attacker_model}, teacher {args.teacher_model}) on "
           f"{args.dataset}: lambda {args.lambda_} T {args.T} alpha {args.alpha} a_iter {args.a_iter}, "
           f"device {device}, amp {amp or 'off'}, seed {args.seed}")
-    agree_g = torch.Generator()
 
-    for epoch in range(start + 1, args.epochs + 1):
-        t0, losses, seen = time.time(), [], 0
-        bar = tqdm(batches(data.train, args.batch_size, generator=order), total=steps,
-                   desc=f"epoch {epoch}/{args.epochs}", disable=not args.progress, leave=False)
-        for x, y in bar:
-            losses.append(trainer.step(x, y))
-            sch_m.step()
-            sch_s.step()
-            seen += x.shape[0]
-        losses = torch.stack(losses)
-        check_finite(losses[:, 0], (epoch - 1) * steps, "member loss")
+    def step(x, y):
+        losses = trainer.step(x, y)
+        sch_m.step()
+        sch_s.step()
+        return losses
+
+    def end_epoch(epoch, losses, seen, secs):
         check_finite(losses[:, 3], (epoch - 1) * steps, "surrogate loss")
-        secs = time.time() - t0
         val_acc = accuracy(member, data.val, data.normalize, amp)
         sur_acc = accuracy(surrogate, data.val, data.normalize, amp)
-        g_state = aug.g.get_state()  # agreement uses a fixed augmentation so epochs are comparable
-        aug.g.set_state(agree_g.manual_seed(args.seed + 7).get_state())
-        agree = trainer.proxy_agreement(data.val.x)
-        aug.g.set_state(g_state)
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch
-            best_state = {k: v.detach().clone().cpu() for k, v in member.state_dict().items()}
+        agree = trainer.proxy_agreement(data.val.x, seed=args.seed + 7)  # fixed augmentation: epochs comparable
         mean = losses.mean(0).tolist()
         images = seen * (2 + args.a_iter)  # distinct images: clean + a proxy batch per surrogate step + one for the member step
         log.log(epoch, {"loss": mean[0], "kd_loss": mean[1], "attack_kl": mean[2], "surrogate_loss": mean[3],
                         "val_acc": val_acc, "surrogate_val_acc": sur_acc, "proxy_agreement": agree,
                         "lr": opt_m.param_groups[0]["lr"]}, extra={"images_per_s": images / secs})
-        checkpoint.save(state_file, {
-            "format": checkpoint.FORMAT, "kind": "defense-state", "arch": args.defense_model, "epoch": epoch,
-            "member": member.state_dict(), "surrogate": surrogate.state_dict(), "opt_m": opt_m.state_dict(),
-            "opt_s": opt_s.state_dict(), "sch_m": sch_m.state_dict(), "sch_s": sch_s.state_dict(),
-            "rng": checkpoint.rng_snapshot(order, aug.g), "best_acc": best_acc, "best_epoch": best_epoch,
-            "best_state": best_state})
+        return val_acc
 
-    member.load_state_dict(best_state)
+    loop.run(data.train, args.batch_size, args.epochs, step, end_epoch, args.progress)
+    best_acc, best_epoch = loop.best_acc, loop.best_epoch
     test_acc = accuracy(member, data.test, data.normalize, amp)
     metrics = {"val_acc": best_acc, "test_acc": test_acc, "best_epoch": best_epoch}
     checkpoint.save(args.out, checkpoint.classifier_payload(member, args.defense_model, args.dataset, info.num_classes,
                                                             info.in_channels, metrics, vars(args), args.seed))
     log.scalars(args.epochs, {"test_acc": test_acc, "best_val_acc": best_acc})
     log.close()
-    os.remove(state_file)
+    loop.finish()
     print(f"saved {args.out} (best epoch {best_epoch}): val_acc {best_acc:.4f} test_acc {test_acc:.4f}")
 
 

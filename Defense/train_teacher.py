@@ -2,21 +2,20 @@
 
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from misleader import checkpoint, paths  # noqa: E402
 from misleader.cli import Parser, add_common, main_wrapper  # noqa: E402
-from misleader.data import Augment, batches, dataset_info, load_dataset, num_batches  # noqa: E402
+from misleader.data import Augment, dataset_info, load_dataset, num_batches  # noqa: E402
+from misleader.loop import EpochLoop  # noqa: E402
 from misleader.models import create_model  # noqa: E402
 from misleader.runlog import RunLog  # noqa: E402
 from misleader.runtime import amp_dtype, autocast, pick_device, seed_everything  # noqa: E402
-from misleader.train import accuracy, check_finite, make_optimizer, make_scheduler  # noqa: E402
+from misleader.train import accuracy, make_optimizer, make_scheduler  # noqa: E402
 
 # design.md defaults per dataset family: (arch, optimizer, lr, weight decay, batch, epochs, schedule, milestones)
 DEFAULTS = {
@@ -43,7 +42,8 @@ def parse(argv):
     p.add_argument("--tag", default=None, help="suffix of the output name, e.g. the config name: <dataset>-<arch>-<tag>.pt")
     p.add_argument("--out", default=None, help="checkpoint path (default Defense/cache/teacher/<dataset>-<arch>[-tag].pt)")
     p.add_argument("--resume", type=int, default=0, choices=[0, 1],
-                   help="1 continues from <out>.state.pt written at the end of every epoch")
+                   help="1 continues from <out>.state.pt (written every epoch, every --save_every_min and on a signal)")
+    p.add_argument("--save_every_min", type=float, default=5.0, help="also save resumable state every N minutes")
     args = p.parse_args(argv)
     info = dataset_info(args.dataset)
     arch, opt, lr, wd, bs, ep, sched, ms = DEFAULTS[info.clean_aug]
@@ -69,6 +69,9 @@ def main(argv):
     info = dataset_info(args.dataset)
     model = create_model(args.model, info.num_classes, info.in_channels)  # checks the name before any I/O
     checkpoint.check_writable(args.out)
+    if args.resume and os.path.isfile(args.out) and not os.path.isfile(checkpoint.state_path(args.out)):
+        print(f"already done: {args.out} exists (--resume 1 does not retrain it)")
+        return
     data = load_dataset(args.dataset, args.data_root, args.val_size, args.seed, device)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
@@ -76,64 +79,44 @@ def main(argv):
     steps_per_epoch = num_batches(len(data.train), args.batch_size)
     scheduler = make_scheduler(args.scheduler, optimizer, args.epochs * steps_per_epoch,
                                [m * steps_per_epoch for m in args.milestones])
-    order = torch.Generator().manual_seed(args.seed)
     aug = Augment(data, seed=args.seed + 1)
-    start, best_acc, best_epoch, best_state = 0, -1.0, -1, None
-    state_file = checkpoint.state_path(args.out)
-    if args.resume and os.path.isfile(state_file):
-        st = checkpoint.load(state_file)
-        checkpoint.check(st, state_file, kind="teacher-state", arch=args.model)
-        model.load_state_dict(st["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        scheduler.load_state_dict(st["scheduler"])
-        checkpoint.rng_restore(st["rng"], order, aug.g)
-        start, best_acc, best_epoch, best_state = st["epoch"], st["best_acc"], st["best_epoch"], st["best_state"]
-        print(f"resumed from {state_file} after epoch {start}")
+    loop = EpochLoop("teacher-state", args.model, checkpoint.state_path(args.out), model,
+                     {"model": model, "optimizer": optimizer, "scheduler": scheduler}, aug.g,
+                     torch.Generator().manual_seed(args.seed), args.save_every_min)
+    resumed = bool(args.resume) and loop.resume()
     run_name = args.run_name or f"{args.dataset}-{args.model}{'-' + args.tag if args.tag else ''}-seed{args.seed}"
-    log = RunLog(args.log_dir, "teacher", run_name, vars(args), resume_step=start if args.resume else None)
+    log = RunLog(args.log_dir, "teacher", run_name, vars(args), resume_step=loop.epoch if resumed else None)
     print(f"teacher {args.model} on {args.dataset}: {len(data.train)} train / {len(data.val)} val / "
           f"{len(data.test)} test images, device {device}, amp {amp or 'off'}, seed {args.seed}")
 
-    for epoch in range(start + 1, args.epochs + 1):
-        model.train()
-        t0, losses, correct, seen = time.time(), [], torch.zeros((), device=device), 0
-        bar = tqdm(batches(data.train, args.batch_size, generator=order), total=steps_per_epoch,
-                   desc=f"epoch {epoch}/{args.epochs}", disable=not args.progress, leave=False)
-        for x, y in bar:
-            x = aug.clean(x).contiguous(memory_format=fmt)
-            with autocast(device, amp):
-                out = model(x)
-            loss = F.cross_entropy(out.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.detach())
-            correct += (out.argmax(1) == y).sum()
-            seen += y.shape[0]
-        losses = torch.stack(losses)
-        check_finite(losses, (epoch - 1) * steps_per_epoch)
-        secs = time.time() - t0
-        val_acc = accuracy(model, data.val, data.normalize, amp)
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch
-            best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
-        log.log(epoch, {"train_loss": losses.mean().item(), "train_acc": correct.item() / seen, "val_acc": val_acc,
-                        "lr": optimizer.param_groups[0]["lr"]}, extra={"images_per_s": seen / secs})
-        checkpoint.save(state_file, {
-            "format": checkpoint.FORMAT, "kind": "teacher-state", "arch": args.model, "epoch": epoch,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": checkpoint.rng_snapshot(order, aug.g), "best_acc": best_acc, "best_epoch": best_epoch,
-            "best_state": best_state})
+    def step(x, y):
+        x = aug.clean(x).contiguous(memory_format=fmt)
+        with autocast(device, amp):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        return torch.stack([loss.detach(), (out.argmax(1) == y).sum().float()])
 
-    model.load_state_dict(best_state)
+    def end_epoch(epoch, losses, seen, secs):
+        val_acc = accuracy(model, data.val, data.normalize, amp)
+        log.log(epoch, {"train_loss": losses[:, 0].mean().item(), "train_acc": losses[:, 1].sum().item() / seen,
+                        "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"]},
+                extra={"images_per_s": seen / secs})
+        return val_acc
+
+    model.train()
+    loop.run(data.train, args.batch_size, args.epochs, step, end_epoch, args.progress)
+    best_acc, best_epoch = loop.best_acc, loop.best_epoch
     test_acc = accuracy(model, data.test, data.normalize, amp)
     metrics = {"val_acc": best_acc, "test_acc": test_acc, "best_epoch": best_epoch}
     checkpoint.save(args.out, checkpoint.classifier_payload(model, args.model, args.dataset, info.num_classes,
                                                             info.in_channels, metrics, vars(args), args.seed))
     log.scalars(args.epochs, {"test_acc": test_acc, "best_val_acc": best_acc})
     log.close()
-    os.remove(state_file)
+    loop.finish()
     print(f"saved {args.out} (best epoch {best_epoch}): val_acc {best_acc:.4f} test_acc {test_acc:.4f}")
 
 

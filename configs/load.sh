@@ -11,6 +11,7 @@ SEED=0                 # seed of teacher and defense training
 SEEDS=(0)              # seeds of the attack runs
 DEVICE="${DEVICE:-auto}"     # environment may override: DEVICE=cpu bash test.sh
 VAL_SIZE=""            # empty: the dataset's default (5000; 1000 for synthetic)
+RESUME="${RESUME:-0}"       # RESUME=1 bash test.sh continues killed runs and skips finished ones
 PROGRESS="${PROGRESS:-1}"   # 0 hides the tqdm bars
 TEACHER_ARGS=()        # extra flags for Defense/train_teacher.py
 DEFENSE_ARGS=()        # extra flags for Defense/train_defense.py (every member)

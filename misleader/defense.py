@@ -63,14 +63,18 @@ class DefenseStep:
         return torch.stack([total, kd, attack, s_loss])
 
     @torch.no_grad()
-    def proxy_agreement(self, x, batch_size=2048):
-        """Fraction of proxy-augmented images of x on which member and surrogate predict the same class."""
+    def proxy_agreement(self, x, seed, batch_size=2048):
+        """Fraction of proxy-augmented images of x on which member and surrogate predict the same class.
+        The augmentation is drawn from ``seed``; the training augmentation stream is left untouched."""
         self.member.eval()
         self.surrogate.eval()
+        saved = self.aug.g.get_state()
+        self.aug.g.manual_seed(seed)
         agree = 0
         for i in range(0, x.shape[0], batch_size):
             xa = self.aug.proxy(x[i:i + batch_size])
             agree += (self._fwd(self.member, xa).argmax(1) == self._fwd(self.surrogate, xa).argmax(1)).sum().item()
+        self.aug.g.set_state(saved)
         return agree / x.shape[0]
 
 

@@ -72,7 +72,8 @@ def maze_preset(cfg):
 
 def _scheduler(cfg, opt, epochs):
     if cfg.scheduler == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(opt, [int(s * epochs) for s in cfg.steps], cfg.scale)
+        # milestones at fractions of the epochs, never at epoch 0 (which would lower the rate from the start)
+        return torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, int(s * epochs)) for s in cfg.steps], cfg.scale)
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
@@ -101,6 +102,7 @@ class DFME:
         self.epoch, self.itr = 0, 0  # completed epochs, completed iterations within the current epoch
         self.best_acc = -1.0
         self.last = {}
+        self.sums = {"g": 0.0, "s": 0.0, "n": 0, "used0": 0, "secs": 0.0}  # the running epoch, saved with the state
 
     # -- victim answers as the attacker sees them
     def victim_logits(self, x):
@@ -159,20 +161,26 @@ class DFME:
         logs; on_iteration(self) may save state. Returns the number of iterations run in this call."""
         cfg, done = self.cfg, 0
         while self.can_continue():
-            t0, used0, g_sum, s_sum, n = time.time(), self.victim.used, 0.0, 0.0, 0
+            sums = self.sums
+            if sums["n"] == 0:
+                sums["used0"] = self.victim.used
             while self.itr < cfg.epoch_itrs and self.victim.left >= cfg.cost_per_iteration:
+                t0 = time.time()
                 g, s = self.iteration()
-                g_sum, s_sum, n, done = g_sum + g, s_sum + s, n + 1, done + 1
+                sums["g"], sums["s"], sums["n"], done = sums["g"] + g, sums["s"] + s, sums["n"] + 1, done + 1
+                sums["secs"] += time.time() - t0
                 if progress is not None:
                     progress.update(cfg.cost_per_iteration)
                 if on_iteration is not None:
                     on_iteration(self)
             self.epoch += 1
             self.itr = 0
-            secs = time.time() - t0
-            self.last = {"loss_G": g_sum / max(n, 1), "loss_S": s_sum / max(n, 1),
+            n = max(sums["n"], 1)
+            self.last = {"loss_G": sums["g"] / n, "loss_S": sums["s"] / n,
                          "lr_S": self.opt_S.param_groups[0]["lr"], "lr_G": self.opt_G.param_groups[0]["lr"],
-                         "queries_used": self.victim.used, "queries_per_s": (self.victim.used - used0) / secs}
+                         "queries_used": self.victim.used,
+                         "queries_per_s": (self.victim.used - sums["used0"]) / max(sums["secs"], 1e-9)}
+            self.sums = {"g": 0.0, "s": 0.0, "n": 0, "used0": self.victim.used, "secs": 0.0}
             self.sched_S.step()
             self.sched_G.step()
             if on_epoch is not None:
@@ -185,7 +193,7 @@ class DFME:
                 "opt_S": self.opt_S.state_dict(), "opt_G": self.opt_G.state_dict(),
                 "sched_S": self.sched_S.state_dict(), "sched_G": self.sched_G.state_dict(),
                 "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(), "epoch": self.epoch,
-                "itr": self.itr, "best_acc": self.best_acc, "queries_used": self.victim.used,
+                "itr": self.itr, "best_acc": self.best_acc, "queries_used": self.victim.used, "sums": dict(self.sums),
                 "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.cfg).items()}}
 
     def load_state_dict(self, st):
@@ -199,3 +207,4 @@ class DFME:
         torch.set_rng_state(st["torch_rng"])
         self.epoch, self.itr, self.best_acc = st["epoch"], st["itr"], st["best_acc"]
         self.victim.used = st["queries_used"]
+        self.sums = dict(st["sums"])

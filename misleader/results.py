@@ -18,6 +18,11 @@ def append_row(path, row):
         w.writerow(row)
 
 
+def has_row(path, attack_path):
+    """True when the CSV already holds the row of the run that saved ``attack_path``."""
+    return os.path.isfile(path) and any(r.get("attack_path") == attack_path for r in read_rows(path))
+
+
 def read_rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

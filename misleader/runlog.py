@@ -47,8 +47,10 @@ class RunLog:
         self.fields = None
         if resume_step is not None and os.path.isfile(self.csv_path):
             self._truncate(resume_step)
-        elif os.path.isfile(self.csv_path):
-            os.remove(self.csv_path)
+        else:  # a fresh run replaces an earlier run of the same name
+            for name in os.listdir(self.dir):
+                if name == "metrics.csv" or name.startswith("events.out.tfevents"):
+                    os.remove(os.path.join(self.dir, name))
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(self.dir, purge_step=None if resume_step is None else resume_step + 1)

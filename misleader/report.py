@@ -1,0 +1,433 @@
+"""The results report: a markdown table and two plots from results/results.csv, and a check of that CSV.
+
+``write_report`` groups the attack rows by victim (the ``label`` column; a run with probs_as_logits=1 is its
+own victim), averages over seeds and writes ``report.md``, ``clone_vs_queries.png`` (from each run's
+metrics.csv) and ``utility_vs_protection.png``. ``verify`` reloads every saved clone and victim from its
+checkpoint, reruns the test-set evaluation of DFME/dfme.py and compares it with the CSV. Nothing is trained.
+
+    python -m misleader.report [--config quick] [--out results]
+    python -m misleader.report --verify 1
+"""
+
+import csv
+import math
+import os
+import sys
+
+from misleader.cli import Parser, main_wrapper
+from misleader.errors import UserError
+
+# What the report reads; verify also needs the checkpoints.
+REPORT_COLUMNS = ["dataset", "victim_acc", "query_budget", "queries_used", "clone_acc", "clone_best_acc", "fidelity",
+                  "seed", "probs_as_logits", "label", "run_dir"]
+VERIFY_COLUMNS = ["dataset", "victim_acc", "clone_acc", "fidelity", "seed", "victim_path", "attack_path"]
+VERIFIED_FIELDS = ("victim_acc", "clone_acc", "fidelity")
+PLOT_FILES = ("clone_vs_queries.png", "utility_vs_protection.png")
+
+
+# ----------------------------------------------------------------------------- reading
+
+def load_results(path, required=REPORT_COLUMNS):
+    """Rows of a results CSV as dicts; a missing file, no data rows or missing columns is a UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"results file not found: {path} (test.sh / DFME/dfme.py appends one row per attack)")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        rows = list(reader)
+    if not header or not rows:
+        raise UserError(f"results file {path} has no data rows")
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise UserError(f"results file {path} lacks column(s): {', '.join(missing)}")
+    return rows
+
+
+def filter_config(rows, config, path="results"):
+    if config is None:
+        return rows
+    kept = [r for r in rows if (r.get("config") or "") == config]
+    if not kept:
+        present = sorted({r.get("config") or "''" for r in rows})
+        raise UserError(f"no rows with config '{config}' in {path} (configs present: {', '.join(present)})")
+    return kept
+
+
+def _num(row, col, i, kind=float):
+    value = row.get(col)
+    try:
+        return kind(float(value)) if kind is int else kind(value)
+    except (TypeError, ValueError):
+        raise UserError(f"results row {i}: column {col} is not a number ({value!r})") from None
+
+
+def _flag(row, col):
+    try:
+        return int(float(row.get(col) or 0)) != 0
+    except ValueError:
+        return False
+
+
+def group_key(row):
+    """(dataset, label, probs_as_logits): the rows of one victim."""
+    label = row.get("label") or row.get("victim") or "?"
+    return row.get("dataset") or "", label, _flag(row, "probs_as_logits")
+
+
+def _display_names(keys):
+    """label, plus ' (probs_as_logits)' for those runs; the dataset is added only where labels collide."""
+    base = {k: k[1] + (" (probs_as_logits)" if k[2] else "") for k in keys}
+    counts = {}
+    for name in base.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {k: (f"{n} [{k[0]}]" if counts[n] > 1 else n) for k, n in base.items()}
+
+
+def _groups(rows):
+    """{key: [(row index, row), ...]} in first-appearance order."""
+    groups = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(group_key(r), []).append((i, r))
+    return groups
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+def _std(xs):
+    """Sample standard deviation (ddof=1); 0.0 for a single value."""
+    if len(xs) < 2:
+        return 0.0
+    m = _mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def summarize(rows):
+    """One dict per victim group, in first-appearance order; accuracies are fractions as in the CSV.
+
+    query_budget is an int when every run of the group had the same budget, else the sorted distinct budgets.
+    """
+    groups = _groups(rows)
+    names = _display_names(list(groups))
+    out = []
+    for key, members in groups.items():
+        col = {c: [_num(r, c, i) for i, r in members]
+               for c in ("victim_acc", "clone_acc", "clone_best_acc", "fidelity", "queries_used")}
+        budgets = sorted({_num(r, "query_budget", i, int) for i, r in members})
+        out.append({
+            "victim": names[key], "dataset": key[0], "label": key[1], "probs_as_logits": int(key[2]),
+            "victim_acc": _mean(col["victim_acc"]),
+            "clone_acc_mean": _mean(col["clone_acc"]), "clone_acc_std": _std(col["clone_acc"]),
+            "clone_best_mean": _mean(col["clone_best_acc"]), "fidelity_mean": _mean(col["fidelity"]),
+            "queries_used_mean": _mean(col["queries_used"]),
+            "query_budget": budgets[0] if len(budgets) == 1 else budgets,
+            "n_seeds": len(members), "seeds": sorted(_num(r, "seed", i, int) for i, r in members),
+        })
+    return out
+
+
+def _resolve(path, bases):
+    """path as given (absolute, or relative to the working directory), else relative to each base folder."""
+    if not path:
+        return None
+    if os.path.exists(path):
+        return path
+    if os.path.isabs(path):
+        return None
+    for b in bases:
+        p = os.path.join(b, path)
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def _bases(csv_path):
+    """Where relative paths in a CSV may be rooted: its folder and the folder above (the repository root)."""
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    return [folder, os.path.dirname(folder)]
+
+
+def read_curve(run_dir):
+    """[(queries_used, clone_acc), ...] by step from run_dir/metrics.csv, or None when absent or empty."""
+    path = os.path.join(run_dir, "metrics.csv") if run_dir else None
+    if not path or not os.path.isfile(path):
+        return None
+    points = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            try:
+                points.append((int(float(r["step"])), float(r["queries_used"]), float(r["clone_acc"])))
+            except (KeyError, TypeError, ValueError):
+                continue
+    points.sort()
+    return [(q, a) for _, q, a in points] or None
+
+
+def _mean_curve(curves):
+    """Average curves at equal epoch index over their common length; returns (queries, acc mean, acc std)."""
+    n = min(len(c) for c in curves)
+    q = [_mean([c[i][0] for c in curves]) for i in range(n)]
+    acc = [[c[i][1] for c in curves] for i in range(n)]
+    return q, [_mean(a) for a in acc], [_std(a) for a in acc]
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _pct(x):
+    return f"{100 * x:.2f}"
+
+
+def _budget_text(b):
+    return str(b) if isinstance(b, int) else ", ".join(str(x) for x in b)
+
+
+def _table(summary):
+    head = ["victim", "victim test acc (%)", "clone acc (%, mean ± std)", "best clone acc (%)", "fidelity (%)",
+            "queries used / budget", "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 5 + ["---"]) + "|"]
+    for s in summary:
+        seeds = ", ".join(str(x) for x in s["seeds"])
+        cells = [s["victim"], _pct(s["victim_acc"]), f"{_pct(s['clone_acc_mean'])} ± {_pct(s['clone_acc_std'])}",
+                 _pct(s["clone_best_mean"]), _pct(s["fidelity_mean"]),
+                 f"{round(s['queries_used_mean'])} / {_budget_text(s['query_budget'])}", f"{s['n_seeds']} ({seeds})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _note_path(csv_path, out_dir):
+    """The CSV path relative to the working directory (the repository root for report.sh) or, failing that, to
+    the report's folder; else its file name: the note holds no machine-specific prefix."""
+    for base in (os.getcwd(), out_dir):
+        try:
+            rel = os.path.relpath(os.path.abspath(csv_path), os.path.abspath(base))
+        except ValueError:  # another drive on Windows
+            continue
+        if rel != ".." and not rel.startswith(".." + os.sep):
+            return rel.replace(os.sep, "/")
+    return os.path.basename(csv_path)
+
+
+def _figure(size=(7, 4.5)):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=120)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+
+
+def plot_clone_vs_queries(curves, path, title):
+    """curves: [(name, [curve, ...]), ...]; mean over seeds, with a ±1 std band when there are several."""
+    fig, ax = _figure()
+    drawn = 0
+    for name, runs in curves:
+        if not runs:
+            continue
+        q, m, s = _mean_curve(runs)
+        x = [v / 1e6 for v in q]
+        line, = ax.plot(x, [100 * v for v in m], marker="o", markersize=3,
+                        label=f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+        if len(runs) > 1:
+            ax.fill_between(x, [100 * (a - b) for a, b in zip(m, s)], [100 * (a + b) for a, b in zip(m, s)],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
+        drawn += 1
+    if drawn:
+        ax.legend(loc="best", fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no metrics.csv found for any run", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("queries used (millions)")
+    ax.set_ylabel("clone test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    _save(fig, path)
+
+
+def plot_utility_vs_protection(summary, path, title):
+    """One point per victim: x = clone accuracy (mean ± std over seeds), y = victim test accuracy."""
+    fig, ax = _figure()
+    for k, s in enumerate(summary):
+        x, y = 100 * s["clone_acc_mean"], 100 * s["victim_acc"]
+        ax.errorbar([x], [y], xerr=[100 * s["clone_acc_std"]], fmt="o", capsize=3, label=s["victim"])
+        ax.annotate(s["victim"], (x, y), textcoords="offset points", xytext=(6, 6 if k % 2 == 0 else -12),
+                    fontsize="small")
+    ax.set_xlabel("clone test accuracy (%)  (lower = better protection)")
+    ax.set_ylabel("victim test accuracy (%)  (higher = more utility)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    ax.margins(0.15)
+    _save(fig, path)
+
+
+def write_report(csv_path, out_dir, config=None):
+    """Write out_dir/report.md and the two plots; return the paths written."""
+    rows = filter_config(load_results(csv_path), config, csv_path)
+    summary = summarize(rows)
+    groups = _groups(rows)
+    bases = _bases(csv_path)
+    curves, missing = [], []
+    for s, members in zip(summary, groups.values()):
+        runs = []
+        for i, r in members:
+            run_dir = _resolve(r.get("run_dir"), bases)
+            curve = read_curve(run_dir)
+            if curve is None:
+                missing.append((i, s["victim"], r.get("seed", ""), r.get("run_dir") or "(empty)"))
+            else:
+                runs.append(curve)
+        curves.append((s["victim"], runs))
+
+    os.makedirs(out_dir, exist_ok=True)
+    datasets = list(dict.fromkeys(s["dataset"] for s in summary))
+    scope = ", ".join(datasets) + (f", config {config}" if config is not None else "")
+    md = os.path.join(out_dir, "report.md")
+    png_curves, png_tradeoff = (os.path.join(out_dir, p) for p in PLOT_FILES)
+    plot_clone_vs_queries(curves, png_curves, f"DFME clone accuracy vs queries ({scope})")
+    plot_utility_vs_protection(summary, png_tradeoff, f"Utility vs protection ({scope})")
+
+    lines = ["# Model extraction results", "",
+             f"Source: `{_note_path(csv_path, out_dir)}`, {len(rows)} attack run(s)"
+             + (f" with config `{config}`" if config is not None else "") + f"; dataset(s): {', '.join(datasets)}.",
+             "Accuracies are on the test set, in percent, averaged over seeds (± is the sample standard deviation). "
+             "Fidelity is the fraction of test images on which the clone agrees with the victim.", ""]
+    lines += _table(summary)
+    mixed = [s["victim"] for s in summary if not isinstance(s["query_budget"], int)]
+    if mixed:
+        lines += ["", f"Note: runs with different query budgets are averaged together for: {', '.join(mixed)} "
+                      "(filter with --config)."]
+    lines += ["", f"![clone accuracy vs queries]({PLOT_FILES[0]})", "",
+              f"![utility vs protection]({PLOT_FILES[1]})", ""]
+    if missing:
+        lines += ["Runs without a metrics.csv (left out of the accuracy-vs-queries plot):", ""]
+        lines += [f"- row {i}: {name}, seed {seed}: `{d}`" for i, name, seed, d in missing]
+        lines.append("")
+    with open(md, "w") as f:
+        f.write("\n".join(lines))
+    return [md, png_curves, png_tradeoff]
+
+
+# ----------------------------------------------------------------------------- verification
+
+def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5):
+    """Recompute victim_acc, clone_acc and fidelity of every row from its checkpoints.
+
+    Returns [(row index, field, csv value, recomputed value, ok), ...]; the recomputed value is rounded to
+    the CSV's 4 decimals before the comparison |recomputed - csv| <= tolerance. The row index counts the
+    data rows of the CSV (after the --config filter when one is given).
+    """
+    import torch
+
+    from misleader import checkpoint
+    from misleader.data import dataset_info, load_dataset
+    from misleader.models import create_model
+    from misleader.runtime import amp_dtype, pick_device
+    from misleader.train import predict
+    from misleader.victims import resolve_victim
+
+    rows = filter_config(load_results(csv_path, VERIFY_COLUMNS), config, csv_path)
+    bases = _bases(csv_path)
+    located, absent = [], []
+    for i, r in enumerate(rows):
+        found = {c: _resolve(r.get(c), bases) for c in ("attack_path", "victim_path")}
+        absent += [f"row {i} {c} {r.get(c) or '(empty)'}" for c, p in found.items() if p is None]
+        located.append(found)
+    if absent:
+        raise UserError(f"{len(absent)} checkpoint(s) missing, first: {absent[0]}")
+
+    dev = pick_device(device)
+    datasets, victims, victim_preds, out = {}, {}, {}, []
+    for i, (r, found) in enumerate(zip(rows, located)):
+        name = r["dataset"]
+        info = dataset_info(name)
+        if name not in datasets:  # the test set does not depend on the seed
+            data = load_dataset(name, data_root, None, _num(r, "seed", i, int), dev)
+            datasets[name] = (data, data.normalize(data.test.x))
+        data, test_x = datasets[name]
+        y = data.test.y
+
+        apath, vpath = found["attack_path"], found["victim_path"]
+        ck = checkpoint.check(checkpoint.load(apath), apath, kind="attack", dataset=name,
+                              num_classes=info.num_classes, in_channels=info.in_channels)
+        run_amp = (ck.get("args") or {}).get("amp", "off")
+        amp = amp_dtype(run_amp if run_amp in ("auto", "off", "bf16") else "off", dev)
+        student = create_model(ck["arch"], ck["num_classes"], ck["in_channels"])
+        student.load_state_dict(ck["state_dict"])
+        student = student.to(dev).eval()
+
+        vkey = os.path.abspath(vpath)
+        if vkey not in victims:
+            victims[vkey] = resolve_victim(vpath, info, None)[0].to(dev).eval()
+        pkey = (vkey, name, str(amp))
+        if pkey not in victim_preds:
+            victim_preds[pkey] = predict(victims[vkey], test_x, amp=amp).argmax(1)
+        victim_pred = victim_preds[pkey]
+        pred = predict(student, test_x, amp=amp).argmax(1)
+        recomputed = {"victim_acc": (victim_pred == y).float().mean().item(),
+                      "clone_acc": (pred == y).float().mean().item(),
+                      "fidelity": (pred == victim_pred).float().mean().item()}
+        del student
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        for field in VERIFIED_FIELDS:
+            csv_value = _num(r, field, i)
+            value = float(f"{recomputed[field]:.4f}")
+            out.append((i, field, csv_value, value, abs(value - csv_value) <= tolerance))
+    return out
+
+
+def format_verify(rows, results):
+    """One line per row: OK, or MISMATCH naming each field that differs."""
+    by_row = {}
+    for i, field, csv_value, value, ok in results:
+        by_row.setdefault(i, []).append((field, csv_value, value, ok))
+    lines = []
+    for i, checks in by_row.items():
+        r = rows[i]
+        who = f"row {i} {r['dataset']} {r.get('label') or r.get('victim', '')} seed {r['seed']}"
+        bad = [c for c in checks if not c[3]]
+        if bad:
+            lines.append(f"{who}: MISMATCH " + ", ".join(f"{f} csv {c:.4f} recomputed {v:.4f}" for f, c, v, _ in bad))
+        else:
+            lines.append(f"{who}: OK " + ", ".join(f"{f} {v:.4f}" for f, _, v, _ in checks))
+    return lines
+
+
+# ----------------------------------------------------------------------------- command line
+
+def parse(argv):
+    p = Parser(prog="python -m misleader.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--csv", default=os.path.join("results", "results.csv"), help="results CSV to read")
+    p.add_argument("--out", default="results", help="folder for report.md and the plots")
+    p.add_argument("--config", default=None, help="use only rows whose config column equals this (e.g. quick)")
+    p.add_argument("--verify", type=int, default=0, choices=[0, 1],
+                   help="1: instead of writing the report, rerun the test-set evaluation of every saved clone and "
+                        "victim from its checkpoint and check the CSV; exit code 1 on any mismatch")
+    p.add_argument("--data_root", default="data", help="with --verify 1: folder with the datasets")
+    p.add_argument("--device", default="cpu", help="with --verify 1: cpu, cuda, cuda:N or auto")
+    return p.parse_args(argv)
+
+
+def main(argv):
+    args = parse(argv)
+    if args.verify:
+        results = verify(args.csv, args.data_root, args.device, args.config)
+        rows = filter_config(load_results(args.csv, VERIFY_COLUMNS), args.config, args.csv)
+        for line in format_verify(rows, results):
+            print(line)
+        bad = sorted({i for i, _, _, _, ok in results if not ok})
+        print(f"verified {len(rows)} row(s): {len(rows) - len(bad)} OK, {len(bad)} MISMATCH")
+        if bad:
+            sys.exit(1)
+        return
+    for path in write_report(args.csv, args.out, args.config):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main_wrapper(main)

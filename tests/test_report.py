@@ -1,0 +1,201 @@
+"""The results report (misleader/report.py): grouping and statistics, report.md, plots, errors, verify."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from misleader import checkpoint, report
+from misleader.data import dataset_info, load_dataset
+from misleader.errors import UserError
+from misleader.models import create_model
+from misleader.results import COLUMNS
+from misleader.train import predict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _row(**kw):
+    base = {"dataset": "fashionmnist", "victim": kw.get("label", "teacher"), "attack": "dfme", "student_model": "lenet5",
+            "query_budget": 200000, "queries_used": 199808, "probs_as_logits": 0, "config": "quick",
+            "victim_path": "", "run_dir": "", "attack_path": "", "wall_s": "1.0", "git_commit": "abc", "date": "2026-01-01"}
+    base.update(kw)
+    return base
+
+
+def _write_csv(path, rows, columns=COLUMNS):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    return str(path)
+
+
+def _write_metrics(run_dir, points):
+    """points: [(queries_used, clone_acc), ...], one per epoch."""
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "metrics.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "clone_acc", "fidelity", "queries_used", "loss_S", "loss_G", "lr_S", "lr_G"])
+        for step, (q, acc) in enumerate(points, 1):
+            w.writerow([step, acc, acc, q, 1.0, -1.0, 0.1, 1e-4])
+
+
+@pytest.fixture
+def results(tmp_path):
+    """3 teacher seeds, 1 ensemble seed, 1 probs_as_logits teacher run (its run_dir is missing)."""
+    runs = tmp_path / "runs"
+    rows = []
+    for seed, acc, best, fid, vacc in [(0, "0.5000", "0.5500", "0.5200", "0.9000"), (1, "0.6000", "0.6200", "0.6100", "0.9000"),
+                                       (2, "0.7000", "0.7300", "0.7400", "0.9000")]:
+        d = str(runs / f"teacher-seed{seed}")
+        _write_metrics(d, [(100000, float(acc) - 0.1), (199808, float(acc))])
+        rows.append(_row(label="teacher", seed=seed, clone_acc=acc, clone_best_acc=best, fidelity=fid,
+                         victim_acc=vacc, run_dir=d))
+    d = str(runs / "ensemble-seed0")
+    _write_metrics(d, [(100000, 0.2), (199808, 0.3)])
+    rows.insert(1, _row(label="ensemble", seed=0, clone_acc="0.3000", clone_best_acc="0.3100", fidelity="0.3500",
+                        victim_acc="0.8800", run_dir=d))
+    rows.append(_row(label="teacher", seed=0, probs_as_logits=1, clone_acc="0.2000", clone_best_acc="0.2500",
+                     fidelity="0.2100", victim_acc="0.9000", run_dir=str(runs / "gone"), queries_used=150000))
+    return _write_csv(tmp_path / "results.csv", rows)
+
+
+def test_summarize_groups_and_statistics(results):
+    s = report.summarize(report.load_results(results))
+    assert [g["victim"] for g in s] == ["teacher", "ensemble", "teacher (probs_as_logits)"]
+    t, e, p = s
+    assert t["n_seeds"] == 3 and t["seeds"] == [0, 1, 2]
+    assert t["clone_acc_mean"] == pytest.approx(0.6)
+    assert t["clone_acc_std"] == pytest.approx(0.1)  # sqrt(((-.1)^2 + 0 + .1^2) / 2)
+    assert t["clone_best_mean"] == pytest.approx((0.55 + 0.62 + 0.73) / 3)
+    assert t["fidelity_mean"] == pytest.approx((0.52 + 0.61 + 0.74) / 3)
+    assert t["victim_acc"] == pytest.approx(0.9)
+    assert t["queries_used_mean"] == pytest.approx(199808) and t["query_budget"] == 200000
+    assert t["dataset"] == "fashionmnist"
+    assert e["n_seeds"] == 1 and e["clone_acc_std"] == 0.0 and e["clone_acc_mean"] == pytest.approx(0.3)
+    assert p["n_seeds"] == 1 and p["seeds"] == [0] and p["clone_acc_mean"] == pytest.approx(0.2)
+    assert p["queries_used_mean"] == pytest.approx(150000)
+
+
+def test_write_report_table_and_plots(results, tmp_path):
+    out = tmp_path / "out"
+    paths = report.write_report(results, str(out))
+    assert [os.path.basename(p) for p in paths] == ["report.md", "clone_vs_queries.png", "utility_vs_protection.png"]
+    md = (out / "report.md").read_text()
+    assert md.startswith("# ")
+    assert "results.csv" in md and str(tmp_path) not in md.split("\n")[2]  # a note of the CSV, no absolute path
+    lines = md.splitlines()
+    assert "| teacher | 90.00 | 60.00 ± 10.00 | 63.33 | 62.33 | 199808 / 200000 | 3 (0, 1, 2) |" in lines
+    assert "| ensemble | 88.00 | 30.00 ± 0.00 | 31.00 | 35.00 | 199808 / 200000 | 1 (0) |" in lines
+    assert "| teacher (probs_as_logits) | 90.00 | 20.00 ± 0.00 | 25.00 | 21.00 | 150000 / 200000 | 1 (0) |" in lines
+    assert sum(1 for line in lines if line.startswith("| ")) == 4  # header + 3 victims
+    assert "gone" in md  # the missing run_dir is noted
+    for name in report.PLOT_FILES:
+        data = (out / name).read_bytes()
+        assert len(data) > 1024 and data[:8] == PNG_MAGIC
+
+
+def test_config_filter(results, tmp_path):
+    rows = report.load_results(results)
+    rows[0]["config"] = "other"
+    path = _write_csv(tmp_path / "mixed.csv", rows)
+    report.write_report(path, str(tmp_path / "o"), config="other")
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "| teacher | 90.00 | 50.00 ± 0.00 |" in md and "ensemble" not in md
+    with pytest.raises(UserError, match="no rows with config 'nope'"):
+        report.write_report(path, str(tmp_path / "o2"), config="nope")
+
+
+def test_load_results_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        report.load_results(str(tmp_path / "missing.csv"))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(UserError, match="no data rows"):
+        report.load_results(str(empty))
+    header_only = _write_csv(tmp_path / "header.csv", [])
+    with pytest.raises(UserError, match="no data rows"):
+        report.load_results(header_only)
+    cols = [c for c in COLUMNS if c not in ("clone_acc", "run_dir")]
+    partial = _write_csv(tmp_path / "partial.csv", [_row(label="t", seed=0, victim_acc=0.9, clone_acc=0.5,
+                                                         clone_best_acc=0.5, fidelity=0.5)], cols)
+    with pytest.raises(UserError, match="clone_acc, run_dir"):
+        report.load_results(partial)
+
+
+def test_cli_missing_csv_one_line_exit_2(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "misleader.report", "--csv", str(tmp_path / "none.csv"),
+                        "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert len(p.stderr.strip().splitlines()) == 1 and "none.csv" in p.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def _verify_case(tmp_path):
+    """A random lenet5 victim and clone on 'synthetic', and a CSV row holding their true numbers."""
+    info = dataset_info("synthetic")
+    torch.manual_seed(0)
+    victim = create_model("lenet5", info.num_classes, info.in_channels)
+    clone = create_model("lenet5", info.num_classes, info.in_channels)
+    vpath, apath = str(tmp_path / "victim.pt"), str(tmp_path / "clone.pt")
+    checkpoint.save(vpath, checkpoint.classifier_payload(victim, "lenet5", "synthetic", info.num_classes,
+                                                         info.in_channels))
+    attack = checkpoint.classifier_payload(clone, "lenet5", "synthetic", info.num_classes, info.in_channels,
+                                           kind="attack", seed=3)
+    attack["victim_path"] = vpath
+    checkpoint.save(apath, attack)
+
+    data = load_dataset("synthetic", seed=3)
+    x, y = data.normalize(data.test.x), data.test.y
+    vp, cp = predict(victim, x).argmax(1), predict(clone, x).argmax(1)
+    truth = {"victim_acc": (vp == y).float().mean().item(), "clone_acc": (cp == y).float().mean().item(),
+             "fidelity": (cp == vp).float().mean().item()}
+    assert truth["fidelity"] < 1.0  # two different random nets: the fields are distinguishable
+    row = _row(dataset="synthetic", label="teacher", seed=3, clone_best_acc=f"{truth['clone_acc']:.4f}",
+               victim_path=vpath, attack_path=apath, config="smoke",
+               **{k: f"{v:.4f}" for k, v in truth.items()})
+    return row, truth
+
+
+def test_verify_ok_then_mismatch(tmp_path, capsys):
+    row, truth = _verify_case(tmp_path)
+    good = _write_csv(tmp_path / "good.csv", [row])
+    res = report.verify(good, device="cpu")
+    assert {(f, ok) for _, f, _, _, ok in res} == {("victim_acc", True), ("clone_acc", True), ("fidelity", True)}
+    assert all(i == 0 and v == pytest.approx(truth[f], abs=5e-5) for i, f, _, v, _ in res)
+
+    bad_value = round(truth["clone_acc"] + 0.01, 4)
+    bad = _write_csv(tmp_path / "bad.csv", [row, dict(row, clone_acc=f"{bad_value:.4f}")])
+    res = report.verify(bad, device="cpu")
+    wrong = [(i, f, c) for i, f, c, _, ok in res if not ok]
+    assert wrong == [(1, "clone_acc", pytest.approx(bad_value))]
+
+    # the command line: one line per row, exit code 1 on a mismatch
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        report.main(["--csv", bad, "--verify", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert e.value.code == 1
+    assert lines[0].startswith("row 0 ") and ": OK" in lines[0]
+    assert lines[1].startswith("row 1 ") and "MISMATCH clone_acc" in lines[1]
+
+
+def test_verify_missing_checkpoint(tmp_path):
+    row = _row(dataset="synthetic", label="teacher", seed=0, victim_acc="0.1", clone_acc="0.1", clone_best_acc="0.1",
+               fidelity="0.1", victim_path=str(tmp_path / "v.pt"), attack_path=str(tmp_path / "a.pt"))
+    with pytest.raises(UserError, match="missing"):
+        report.verify(_write_csv(tmp_path / "r.csv", [row]))
+
+
+def test_report_sh_is_executable():
+    path = os.path.join(REPO, "report.sh")
+    assert os.access(path, os.X_OK)
+    text = open(path).read()
+    assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
+    assert 'python -m misleader.report "$@"' in text
