@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from misleader import checkpoint, paths  # noqa: E402
-from misleader.cli import Parser, add_common, main_wrapper  # noqa: E402
+from misleader.cli import Parser, add_common, add_run_flags, main_wrapper  # noqa: E402
 from misleader.data import dataset_info, load_dataset  # noqa: E402
 from misleader.dfme import DFME, DFMEConfig, maze_preset  # noqa: E402
 from misleader.loop import StopFlag  # noqa: E402
@@ -69,14 +69,10 @@ def parse(argv):
                    help="1 reproduces the earlier public evaluation, which fed the victim's probabilities to "
                         "log_softmax as if they were logits. It flattens the targets and weakens the attack; it "
                         "exists only to measure that handicap. Off by default")
-    p.add_argument("--channels_last", type=int, default=1, choices=[0, 1], help="1 uses channels_last memory format")
     p.add_argument("--label", default=None, help="name of this victim in results and reports (default: the victim)")
     p.add_argument("--config", default="", help="config name recorded in results.csv (set by test.sh)")
     p.add_argument("--results", default=paths.RESULTS_CSV, help="CSV to append this run's row to")
-    p.add_argument("--tag", default=None, help="suffix of the saved attack checkpoint name")
-    p.add_argument("--resume", type=int, default=0, choices=[0, 1],
-                   help="1 continues from the attack's .state.pt (models, optimisers, RNG, query counter)")
-    p.add_argument("--save_every_min", type=float, default=5.0, help="also save resumable state every N minutes")
+    add_run_flags(p, "suffix of the saved attack checkpoint name (DFME/cache/<dataset>-<victim>-<student>-seed<s>-<tag>.pt)")
     args = p.parse_args(argv)
     info = dataset_info(args.dataset)
     args.teacher_model = args.teacher_model or ("lenet5" if info.clean_aug == "none" else "resnet34_8x")

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from misleader import checkpoint, paths  # noqa: E402
-from misleader.cli import Parser, add_common, main_wrapper  # noqa: E402
+from misleader.cli import Parser, add_common, add_run_flags, main_wrapper  # noqa: E402
 from misleader.data import Augment, dataset_info, load_dataset, num_batches  # noqa: E402
 from misleader.loop import EpochLoop  # noqa: E402
 from misleader.defense import DefenseStep  # noqa: E402
@@ -41,12 +41,8 @@ def parse(argv):
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum of both")
     p.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay of both")
     p.add_argument("--a_iter", type=int, default=1, help="surrogate optimizer steps per member step, each on a fresh proxy batch")
-    p.add_argument("--channels_last", type=int, default=1, choices=[0, 1], help="1 uses channels_last memory format")
-    p.add_argument("--tag", default=None, help="suffix of the output name, to keep several members of one architecture")
-    p.add_argument("--out", default=None, help="output path (default Defense/cache/defense/<dataset>-<arch>[-tag].pt)")
-    p.add_argument("--resume", type=int, default=0, choices=[0, 1],
-                   help="1 continues from <out>.state.pt (written every epoch, every --save_every_min and on a signal)")
-    p.add_argument("--save_every_min", type=float, default=5.0, help="also save resumable state every N minutes")
+    add_run_flags(p, "suffix of the output name, to keep several members of one architecture",
+                  "output path (default Defense/cache/defense/<dataset>-<arch>[-tag].pt)")
     args = p.parse_args(argv)
     info = dataset_info(args.dataset)
     args.teacher_model = args.teacher_model or ("lenet5" if info.clean_aug == "none" else "resnet34_8x")
@@ -115,16 +111,7 @@ def main(argv):
         return val_acc
 
     loop.run(data.train, args.batch_size, args.epochs, step, end_epoch, args.progress)
-    best_acc, best_epoch = loop.best_acc, loop.best_epoch
-    test_acc = accuracy(member, data.test, data.normalize, amp)
-    metrics = {"val_acc": best_acc, "test_acc": test_acc, "best_epoch": best_epoch}
-    checkpoint.save(args.out, checkpoint.classifier_payload(member, args.defense_model, args.dataset, info.num_classes,
-                                                            info.in_channels, metrics, vars(args), args.seed))
-    log.scalars(args.epochs, {"test_acc": test_acc, "best_val_acc": best_acc})
-    log.close()
-    loop.finish()
-    print(f"saved {args.out} (best epoch {best_epoch}): val_acc {best_acc:.4f} test_acc {test_acc:.4f}")
-
+    loop.conclude(args.out, data, amp, log, info, args)
 
 if __name__ == "__main__":
     main_wrapper(main)

@@ -9,7 +9,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from misleader import checkpoint, paths  # noqa: E402
-from misleader.cli import Parser, add_common, main_wrapper  # noqa: E402
+from misleader.cli import Parser, add_common, add_run_flags, main_wrapper  # noqa: E402
 from misleader.data import Augment, dataset_info, load_dataset, num_batches  # noqa: E402
 from misleader.loop import EpochLoop  # noqa: E402
 from misleader.models import create_model  # noqa: E402
@@ -38,12 +38,8 @@ def parse(argv):
                    help="per-step schedule (default none MNIST-like, multistep CIFAR)")
     p.add_argument("--milestones", type=int, nargs="*", default=None,
                    help="epochs at which multistep divides the rate by 10 (default 80 120)")
-    p.add_argument("--channels_last", type=int, default=1, choices=[0, 1], help="1 uses channels_last memory format")
-    p.add_argument("--tag", default=None, help="suffix of the output name, e.g. the config name: <dataset>-<arch>-<tag>.pt")
-    p.add_argument("--out", default=None, help="checkpoint path (default Defense/cache/teacher/<dataset>-<arch>[-tag].pt)")
-    p.add_argument("--resume", type=int, default=0, choices=[0, 1],
-                   help="1 continues from <out>.state.pt (written every epoch, every --save_every_min and on a signal)")
-    p.add_argument("--save_every_min", type=float, default=5.0, help="also save resumable state every N minutes")
+    add_run_flags(p, "suffix of the output name, e.g. the config name: <dataset>-<arch>-<tag>.pt",
+                  "checkpoint path (default Defense/cache/teacher/<dataset>-<arch>[-tag].pt)")
     args = p.parse_args(argv)
     info = dataset_info(args.dataset)
     arch, opt, lr, wd, bs, ep, sched, ms = DEFAULTS[info.clean_aug]
@@ -109,16 +105,7 @@ def main(argv):
 
     model.train()
     loop.run(data.train, args.batch_size, args.epochs, step, end_epoch, args.progress)
-    best_acc, best_epoch = loop.best_acc, loop.best_epoch
-    test_acc = accuracy(model, data.test, data.normalize, amp)
-    metrics = {"val_acc": best_acc, "test_acc": test_acc, "best_epoch": best_epoch}
-    checkpoint.save(args.out, checkpoint.classifier_payload(model, args.model, args.dataset, info.num_classes,
-                                                            info.in_channels, metrics, vars(args), args.seed))
-    log.scalars(args.epochs, {"test_acc": test_acc, "best_val_acc": best_acc})
-    log.close()
-    loop.finish()
-    print(f"saved {args.out} (best epoch {best_epoch}): val_acc {best_acc:.4f} test_acc {test_acc:.4f}")
-
+    loop.conclude(args.out, data, amp, log, info, args)
 
 if __name__ == "__main__":
     main_wrapper(main)

@@ -8,7 +8,8 @@ fi
 # Defaults a config may override.
 TAG=""                 # suffix of every checkpoint name, so configs on one dataset do not overwrite each other
 SEED=0                 # seed of teacher and defense training
-SEEDS=(0)              # seeds of the attack runs
+SEEDS=(0)              # seeds of the attack runs of test.sh
+COMPARE_SEEDS=(0 1 2)  # seeds of the teacher and MISLEADER attacks of compare.sh
 DEVICE="${DEVICE:-auto}"     # environment may override: DEVICE=cpu bash test.sh
 VAL_SIZE=""            # empty: the dataset's default (5000; 1000 for synthetic)
 RESUME="${RESUME:-0}"       # RESUME=1 bash test.sh continues killed runs and skips finished ones

@@ -45,8 +45,8 @@ def load(path, made_by=None):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"refusing to load {path}: it is not a plain-weights checkpoint ({first[:160]})") from e
+        raise UserError(f"refusing to load {path}: it holds pickled Python objects, not plain tensors and numbers "
+                        f"(torch.load weights_only=True)") from e
     except Exception as e:  # truncated zip, garbage bytes, a CSV by mistake: torch raises many kinds
         raise UserError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}); "
                         f"delete it and rerun{(' ' + made_by) if made_by else ''}") from e

@@ -35,6 +35,19 @@ def add_common(p, seed_default=0):
     return p
 
 
+def add_run_flags(p, tag_help, out_help=None):
+    """Flags of every training entry point: memory format, output naming, resume."""
+    p.add_argument("--channels_last", type=int, default=1, choices=[0, 1], help="1 uses channels_last memory format")
+    p.add_argument("--tag", default=None, help=tag_help)
+    if out_help:
+        p.add_argument("--out", default=None, help=out_help)
+    p.add_argument("--resume", type=int, default=0, choices=[0, 1],
+                   help="1 continues from the run's .state.pt (written every epoch, every --save_every_min minutes "
+                        "and on SIGINT/SIGTERM) and skips a run that already finished")
+    p.add_argument("--save_every_min", type=float, default=5.0, help="also save resumable state every N minutes")
+    return p
+
+
 def main_wrapper(main):
     """Run main(argv); UserError -> one line + exit 2, NonFiniteLoss -> one line + exit 3."""
     try:

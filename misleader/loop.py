@@ -110,6 +110,16 @@ class EpochLoop:
             last_save = time.time()
         self.model.load_state_dict(self.best_state)
 
-    def finish(self):
+    def conclude(self, out, data, amp, log, info, args):
+        """After run(): test accuracy of the best model, the final checkpoint, the last scalars, cleanup."""
+        from misleader.train import accuracy
+
+        test_acc = accuracy(self.model, data.test, data.normalize, amp)
+        metrics = {"val_acc": self.best_acc, "test_acc": test_acc, "best_epoch": self.best_epoch}
+        checkpoint.save(out, checkpoint.classifier_payload(self.model, self.arch, info.name, info.num_classes,
+                                                           info.in_channels, metrics, vars(args), args.seed))
+        log.scalars(args.epochs, {"test_acc": test_acc, "best_val_acc": self.best_acc})
+        log.close()
         if os.path.isfile(self.state_file):
             os.remove(self.state_file)
+        print(f"saved {out} (best epoch {self.best_epoch}): val_acc {self.best_acc:.4f} test_acc {test_acc:.4f}")

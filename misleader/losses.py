@@ -1,6 +1,5 @@
 """Losses of the defense (distillation, attack-aware member loss, surrogate loss) and of DFME."""
 
-import torch
 import torch.nn.functional as F
 
 PROB_FLOOR = 1e-7  # probabilities inside the attack KL are clamped here, which bounds it by log(1/1e-7) ~ 16.1
