@@ -98,13 +98,25 @@ def _one_error_line(proc):
     return lines[0]
 
 
-def _flags(script):
-    """Every --flag the script (and misleader/cli.py's shared flags) declares with add_argument."""
+def _declared(src):
     flags = set()
-    for path in (script, "misleader/cli.py"):
-        src = open(os.path.join(REPO, path)).read()
-        for call in re.findall(r"add_argument\(\s*((?:\"--?\w+\",\s*)+)", src):
-            flags.update(re.findall(r"\"(--\w+)\"", call))
+    for call in re.findall(r"add_argument\(\s*((?:\"--?\w+\",\s*)+)", src):
+        flags.update(re.findall(r"\"(--\w+)\"", call))
+    return flags
+
+
+def _flags(script):
+    """Every --flag the script declares with add_argument, plus the shared ones of misleader/cli.py it uses."""
+    src = open(os.path.join(REPO, script)).read()
+    cli = open(os.path.join(REPO, "misleader", "cli.py")).read()
+    common = cli[cli.index("def add_common"):cli.index("def add_run_flags")]
+    run = cli[cli.index("def add_run_flags"):cli.index("def main_wrapper")]
+    flags = _declared(src) | _declared(common)
+    uses_run = re.search(r"add_run_flags\(p, [^\n]*", src)
+    if uses_run:
+        flags |= _declared(run)
+        if "out_help" in run and not re.search(r"add_run_flags\([^)]*,\s*\n?\s*\"[^\"]*\"\s*,", src, re.S):
+            flags.discard("--out")  # called without an out_help: no --out flag
     return flags
 
 

@@ -51,7 +51,7 @@ def test_attack_rows_respect_budget(smoke):
     root, logs = smoke
     with open(root / "results/results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["victim"] for r in rows] == ["ensemble", "teacher"]
+    assert [r["victim"] for r in rows] == ["misleader", "teacher"]
     for r in rows:
         assert 0 < int(r["queries_used"]) <= int(r["query_budget"]) == 20000
         assert r["seed"] == "0" and 0.0 <= float(r["clone_acc"]) <= 1.0
