@@ -48,6 +48,3 @@ def autocast(device, dtype):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
-
-def memory_format(device, channels_last):
-    return torch.channels_last if channels_last else torch.contiguous_format
