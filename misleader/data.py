@@ -46,7 +46,8 @@ DATASETS = {
     # SVHN digits must not be mirrored; a random crop only.
     "svhn": DatasetInfo("svhn", 10, 3, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "crop"),
     "synthetic": DatasetInfo("synthetic", 10, 1, (0.5,), (0.25,), "none", default_val_size=1000),
-    "synthetic_rgb": DatasetInfo("synthetic_rgb", 10, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "crop_flip",
+    # A mirror image of a grating at angle a is a grating at -a, another class: crop, never flip.
+    "synthetic_rgb": DatasetInfo("synthetic_rgb", 10, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "crop",
                                  default_val_size=1000),
 }
 DATASET_NAMES = tuple(DATASETS)
