@@ -21,6 +21,9 @@ def save(path, payload):
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint gets the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
