@@ -75,7 +75,7 @@ def parse(argv):
     add_run_flags(p, "suffix of the saved attack checkpoint name (DFME/cache/<dataset>-<victim>-<student>-seed<s>-<tag>.pt)")
     args = p.parse_args(argv)
     info = dataset_info(args.dataset)
-    args.teacher_model = args.teacher_model or ("lenet5" if info.clean_aug == "none" else "resnet34_8x")
+    args.teacher_model = args.teacher_model or info.teacher_arch
     return args
 
 

@@ -28,7 +28,7 @@ def parse(argv):
     p.add_argument("--out", default=None, help="output path (default Defense/ensemble/<dataset>[-tag].pt)")
     args = p.parse_args(argv)
     info = dataset_info(args.dataset)
-    args.teacher_model = args.teacher_model or ("lenet5" if info.clean_aug == "none" else "resnet34_8x")
+    args.teacher_model = args.teacher_model or info.teacher_arch
     args.teacher_tag = args.teacher_tag if args.teacher_tag is not None else args.tag
     args.out = args.out or paths.ensemble_path(args.dataset, args.tag)
     return args

@@ -45,7 +45,7 @@ def parse(argv):
                   "output path (default Defense/cache/defense/<dataset>-<arch>[-tag].pt)")
     args = p.parse_args(argv)
     info = dataset_info(args.dataset)
-    args.teacher_model = args.teacher_model or ("lenet5" if info.clean_aug == "none" else "resnet34_8x")
+    args.teacher_model = args.teacher_model or info.teacher_arch
     args.attacker_model = args.attacker_model or args.defense_model
     args.teacher_tag = args.teacher_tag if args.teacher_tag is not None else args.tag
     args.teacher_path = args.teacher_path or paths.teacher_path(args.dataset, args.teacher_model, args.teacher_tag)

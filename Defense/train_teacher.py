@@ -17,11 +17,11 @@ from misleader.runlog import RunLog  # noqa: E402
 from misleader.runtime import amp_dtype, autocast, pick_device, seed_everything  # noqa: E402
 from misleader.train import accuracy, make_optimizer, make_scheduler  # noqa: E402
 
-# design.md defaults per dataset family: (arch, optimizer, lr, weight decay, batch, epochs, schedule, milestones)
+# design.md defaults per dataset family: (optimizer, lr, weight decay, batch, epochs, schedule, milestones)
 DEFAULTS = {
-    "none": ("lenet5", "adam", 1e-3, 0.0, 256, 10, "none", ()),
-    "crop_flip": ("resnet34_8x", "sgd", 0.1, 5e-4, 128, 200, "multistep", (80, 120)),
-    "crop": ("resnet34_8x", "sgd", 0.1, 5e-4, 128, 200, "multistep", (80, 120)),
+    "none": ("adam", 1e-3, 0.0, 256, 10, "none", ()),
+    "crop_flip": ("sgd", 0.1, 5e-4, 128, 200, "multistep", (80, 120)),
+    "crop": ("sgd", 0.1, 5e-4, 128, 200, "multistep", (80, 120)),
 }
 
 
@@ -42,8 +42,8 @@ def parse(argv):
                   "checkpoint path (default Defense/cache/teacher/<dataset>-<arch>[-tag].pt)")
     args = p.parse_args(argv)
     info = dataset_info(args.dataset)
-    arch, opt, lr, wd, bs, ep, sched, ms = DEFAULTS[info.clean_aug]
-    args.model = args.model or arch
+    opt, lr, wd, bs, ep, sched, ms = DEFAULTS[info.clean_aug]
+    args.model = args.model or info.teacher_arch
     args.optimizer = args.optimizer or opt
     args.lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.1)
     args.weight_decay = args.weight_decay if args.weight_decay is not None else wd

@@ -102,10 +102,15 @@ def check_writable(path):
 
 def load_classifier(path, arch, info, made_by):
     """Load a classifier checkpoint for dataset ``info`` and build its model; mismatches are named."""
-    from misleader.models import create_model
-
     ck = check(load(path, made_by=made_by), path, kind="classifier", arch=arch, num_classes=info.num_classes,
                in_channels=info.in_channels, dataset=info.name)
-    model = create_model(arch, info.num_classes, info.in_channels)
+    return build_classifier(ck), ck
+
+
+def build_classifier(ck):
+    """The model a classifier checkpoint describes, with its weights."""
+    from misleader.models import create_model
+
+    model = create_model(ck["arch"], ck["num_classes"], ck["in_channels"])
     model.load_state_dict(ck["state_dict"])
-    return model, ck
+    return model

@@ -37,6 +37,11 @@ class DatasetInfo:
     clean_aug: str  # "crop_flip" (CIFAR/SVHN-like) or "none" (MNIST-like)
     default_val_size: int = 5000
 
+    @property
+    def teacher_arch(self):
+        """design.md's teacher: LeNet-5 for MNIST-like data, ResNet-34-8x for the 3-channel datasets."""
+        return "lenet5" if self.clean_aug == "none" else "resnet34_8x"
+
 
 DATASETS = {
     "mnist": DatasetInfo("mnist", 10, 1, (0.1307,), (0.3081,), "none"),

@@ -5,7 +5,6 @@ import os
 from misleader import checkpoint, paths
 from misleader.ensemble import load_ensemble
 from misleader.errors import UserError
-from misleader.models import create_model
 
 
 def resolve_victim(spec, info, teacher_model, ensemble_tag=None, teacher_tag=None):
@@ -25,7 +24,5 @@ def resolve_victim(spec, info, teacher_model, ensemble_tag=None, teacher_tag=Non
     if ck["kind"] == "classifier":
         if spec == "teacher":
             checkpoint.check(ck, path, arch=teacher_model)
-        model = create_model(ck["arch"], ck["num_classes"], ck["in_channels"])
-        model.load_state_dict(ck["state_dict"])
-        return model, label, path
+        return checkpoint.build_classifier(ck), label, path
     raise UserError(f"{path} holds a '{ck['kind']}' checkpoint, not a classifier or an ensemble")

@@ -1,23 +1,11 @@
 import pytest
 import torch
-import torch.nn as nn
+from helpers import Counting
 
 from misleader.dfme import DFME, DFMEConfig
 from misleader.errors import UserError
 from misleader.models import Generator, create_model
 from misleader.victim import BlackBox, BudgetExceeded
-
-
-class Counting(nn.Module):
-    """An independent count of every sample that reaches the victim model."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.seen = model, 0
-
-    def forward(self, x):
-        self.seen += x.shape[0]
-        return self.model(x)
 
 
 def make_attack(budget, **kw):

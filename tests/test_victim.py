@@ -1,19 +1,10 @@
 import pytest
 import torch
 import torch.nn as nn
+from helpers import Counting
 
 from misleader.ensemble import SoftVotingEnsemble
 from misleader.victim import BlackBox, BudgetExceeded, logits_from_probs
-
-
-class Counting(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.seen = model, 0
-
-    def forward(self, x):
-        self.seen += x.shape[0]
-        return self.model(x)
 
 
 def test_logits_recovered_from_probabilities_up_to_a_row_constant():
