@@ -122,7 +122,8 @@ def main(argv):
     if args.resume and not os.path.isfile(state_file) and os.path.isfile(out) and has_row(args.results, out):
         print(f"already done: {out} exists and {args.results} has its row (--resume 1 does not repeat it)")
         return
-    if args.resume and os.path.isfile(state_file):
+    resumed = bool(args.resume) and os.path.isfile(state_file)
+    if resumed:
         st = checkpoint.load(state_file)
         checkpoint.check(st, state_file, kind="attack-state", arch=args.student_model)
         attack.load_state_dict(st["attack"])
@@ -131,7 +132,7 @@ def main(argv):
         (f"-{args.tag}" if args.tag else "")
     log = RunLog(args.log_dir, "dfme", run_name, {**vars(args), "epochs": cfg.epochs,
                                                    "cost_per_iteration": cfg.cost_per_iteration},
-                 resume_step=attack.epoch if args.resume else None)
+                 resume_step=attack.epoch if resumed else None)
     print(f"DFME{' (MAZE preset)' if args.MAZE else ''} on {label} ({victim_path}, test acc {victim_acc:.4f}): "
           f"student {args.student_model}, budget {cfg.query_budget} queries, {cfg.cost_per_iteration} per iteration, "
           f"{cfg.epochs} epochs, device {device}, amp {amp or 'off'}, seed {args.seed}")

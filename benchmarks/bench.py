@@ -138,7 +138,7 @@ def main():
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"], help="as the entry points' --amp")
     p.add_argument("--channels_last", type=int, default=1, choices=[0, 1], help="channels_last memory format")
     p.add_argument("--fast_upsample", type=int, default=1, choices=[0, 1],
-                   help="the generator's phase-decomposed upsample+conv (1) or interpolate then conv (0)")
+                   help="the generator's upsample+conv as one stride-2 transposed convolution (1) or interpolate then conv (0)")
     p.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # internal: run one stage in this process
     a = p.parse_args()
     if a.stage:

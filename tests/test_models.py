@@ -3,6 +3,7 @@ import torch
 
 from misleader.errors import UserError
 from misleader.models import MODEL_NAMES, Generator, create_model
+from misleader.models.generator import UpConv
 
 
 def n_params(model):
@@ -79,3 +80,25 @@ def test_generator_backward():
     assert z.grad is not None and z.grad.abs().sum() > 0
     for name, p in gen.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_upconv_fast_form_equals_upsample_then_conv(fmt):
+    """The transposed-convolution form gives the same output and the same gradients (input, weight,
+    bias) as interpolate-then-conv, on an odd-sized input with non-square shape, in both layouts."""
+    torch.manual_seed(0)
+    slow = UpConv(5, 7, fast=False)
+    fast = UpConv(5, 7, fast=True)
+    fast.load_state_dict(slow.state_dict())
+    x = torch.randn(3, 5, 6, 9).contiguous(memory_format=fmt)
+    outs, grads = [], []
+    for m in (slow, fast):
+        xi = x.clone().requires_grad_(True)
+        out = m(xi)
+        out.mul(torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out)
+        grads.append((xi.grad, m.conv.weight.grad, m.conv.bias.grad))
+    assert outs[1].shape == (3, 7, 12, 18)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    for g_fast, g_slow in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g_fast, g_slow, rtol=1e-4, atol=1e-4)

@@ -80,6 +80,26 @@ def test_dfme_killed_with_sigkill_and_resumed_matches_uninterrupted_run(tmp_path
     assert len(read_csv(os.path.join(root, "results-cut.csv"))) == 1
 
 
+def test_resume_without_state_starts_fresh_and_clears_stale_logs(tmp_path):
+    """--resume 1 with no state file is a fresh run: an earlier run's metrics rows and TensorBoard
+    events in the same run folder are removed, not mixed into the new curves."""
+    root = str(tmp_path)
+    save_teacher(root)
+    run_dir = os.path.join(root, "runs", "dfme", "stale")
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "metrics.csv"), "w") as f:
+        f.write("step,clone_acc\n1,0.999\n2,0.999\n3,0.999\n4,0.999\n")
+    stale_events = os.path.join(run_dir, "events.out.tfevents.1.stale")
+    with open(stale_events, "wb") as f:
+        f.write(b"old")
+    subprocess.run(dfme(root, "stale", "--resume", "1"), cwd=root, env=env(), check=True, capture_output=True,
+                   timeout=240)
+    assert not os.path.exists(stale_events)
+    rows = read_csv(os.path.join(run_dir, "metrics.csv"))
+    assert [int(r["step"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert all(r["clone_acc"] != "0.999" for r in rows) and "queries_used" in rows[0]
+
+
 def teacher(root, name, *extra):
     return [PY, script("Defense", "train_teacher.py"), "--dataset", "synthetic", "--epochs", "6", "--batch_size", "64",
             "--progress", "0", "--run_name", name, "--out", os.path.join(root, f"{name}.pt"), *extra]

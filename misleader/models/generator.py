@@ -4,18 +4,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Nearest-neighbour x2 upsampling followed by a 3x3 convolution equals, for each of the four output
-# phases (a, b) in {0,1}^2, a 2x2 convolution of the low-resolution input: rows (i-1, i) with kernel rows
-# (w0, w1+w2) for even output rows, rows (i, i+1) with (w0+w1, w2) for odd ones; columns likewise.
-# Computing the four phases directly needs 16 instead of 36 multiply-adds per output pixel and never
-# materialises the upsampled tensor.
-_PHASE = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]],    # even: (w0, w1 + w2)
-                       [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])   # odd:  (w0 + w1, w2)
+# Nearest-neighbour x2 upsampling followed by a 3x3 convolution (padding 1) is one transposed
+# convolution with stride 2, padding 1 and a 4x4 kernel: output row r takes input rows i with
+# r - 2i in {-1, 0, 1, 2}, weighted (w2, w1 + w2, w0 + w1, w0) by the 3x3 kernel's rows; columns likewise.
+# That needs 16 instead of 36 multiply-adds per output pixel, never materialises the upsampled
+# tensor, and writes the output in place (no phase interleaving).
+_FOLD = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # 4x4 tap <- 3x3 taps
 
 
 class UpConv(nn.Module):
     """Nearest x2 upsample then conv3x3 (padding 1). Same parameters either way; ``fast`` picks the
-    phase-decomposed computation, which is exact up to float rounding."""
+    transposed-convolution form, which is exact up to float rounding."""
 
     def __init__(self, cin, cout, fast=True):
         super().__init__()
@@ -25,16 +24,11 @@ class UpConv(nn.Module):
     def forward(self, x):
         if not self.fast:
             return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
-        w, b = self.conv.weight, self.conv.bias
-        m = _PHASE.to(w.device, w.dtype)
-        k = torch.einsum("ayk,oikl,bxl->aboiyx", m, w, m).flatten(0, 2)  # (4*cout, cin, 2, 2), phase-major
-        n, _, h, wd = x.shape
-        cout = w.shape[0]
-        # One 2x2 convolution of the padded input gives every phase at every offset; phase (a, b) is
-        # the (h, w) window starting at (a, b) of its channel block.
-        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), k, b.repeat(4)).view(n, 2, 2, cout, h + 1, wd + 1)
-        rows = [torch.stack([y[:, a, c, :, a:a + h, c:c + wd] for c in (0, 1)], -1) for a in (0, 1)]
-        return torch.stack(rows, 3).reshape(n, cout, 2 * h, 2 * wd)  # (n, cout, h, 2, w, 2) interleaved
+        m = _FOLD.to(self.conv.weight.device, self.conv.weight.dtype)
+        k = torch.einsum("yk,oikl,xl->ioyx", m, self.conv.weight, m)  # (cin, cout, 4, 4) as conv_transpose2d wants
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            k = k.contiguous(memory_format=torch.channels_last)
+        return F.conv_transpose2d(x, k, self.conv.bias, stride=2, padding=1)
 
 
 class Generator(nn.Module):
