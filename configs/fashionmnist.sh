@@ -1,4 +1,4 @@
-# fashionmnist: the MNIST-like paper settings of design.md on Fashion-MNIST (2M-query attacks: ~1 h each on 2 CPU cores).
+# fashionmnist: the MNIST-like paper settings of design.md on Fashion-MNIST (2M-query attacks: ~75 min each on 2 CPU cores).
 DATASET=fashionmnist
 TAG=""
 SEEDS=(0)

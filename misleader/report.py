@@ -183,12 +183,15 @@ def _budget_text(b):
 
 
 def _table(summary):
-    head = ["victim", "victim test acc (%)", "clone acc (%, mean ± std)", "best clone acc (%)", "fidelity (%)",
+    head = ["victim", "victim test acc (%)", "clone acc (%, mean ± std over seeds)", "best clone acc (%)", "fidelity (%)",
             "queries used / budget", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 5 + ["---"]) + "|"]
     for s in summary:
         seeds = ", ".join(str(x) for x in s["seeds"])
-        cells = [s["victim"], _pct(s["victim_acc"]), f"{_pct(s['clone_acc_mean'])} ± {_pct(s['clone_acc_std'])}",
+        clone = _pct(s["clone_acc_mean"])
+        if s["n_seeds"] > 1:  # one seed has no spread to show; "± 0.00" would claim one
+            clone += f" ± {_pct(s['clone_acc_std'])}"
+        cells = [s["victim"], _pct(s["victim_acc"]), clone,
                  _pct(s["clone_best_mean"]), _pct(s["fidelity_mean"]),
                  f"{round(s['queries_used_mean'])} / {_budget_text(s['query_budget'])}", f"{s['n_seeds']} ({seeds})"]
         lines.append("| " + " | ".join(cells) + " |")
