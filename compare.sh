@@ -24,7 +24,7 @@ attack() {  # label seed victim-args...
     shift 2
     echo "== DFME: $label, seed $seed"
     python DFME/dfme.py --dataset "$DATASET" --device "$DEVICE" --progress "$PROGRESS" --resume 1 \
-        ${VAL_SIZE:+--val_size "$VAL_SIZE"} "${TAGARG[@]}" --seed "$seed" --label "$label" \
+        ${VAL_SIZE:+--val_size "$VAL_SIZE"} "${ATTACK_TAGARG[@]}" --seed "$seed" --label "$label" \
         --teacher_model "$TEACHER_MODEL" --student_model "${STUDENTS[0]}" --query_budget "$QUERY_BUDGET" \
         --batch_size "$DFME_BATCH" --config "$CONFIG" "${DFME_ARGS[@]}" "$@"
 }
@@ -63,6 +63,6 @@ for entry in "${MEMBERS[@]}"; do
 done
 attack lambda0 "$seed" --victim ensemble --ensemble_tag "$LAM0"
 attack homogeneous "$seed" --victim ensemble --ensemble_tag "$(variant_tag homo)"
-attack misleader "$seed" --victim ensemble ${TAG:+--ensemble_tag "$TAG"} --probs_as_logits 1 --tag "$(variant_tag pal)"
+attack misleader "$seed" --victim ensemble ${TAG:+--ensemble_tag "$TAG"} --probs_as_logits 1 --tag "${ATTACK_TAG:+$ATTACK_TAG-}pal"
 
 bash report.sh --config "$CONFIG"

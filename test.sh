@@ -17,7 +17,7 @@ for student in "${STUDENTS[@]}"; do
         for victim in ensemble teacher; do
             echo "== DFME: $student against the $victim, seed $seed"
             python DFME/dfme.py --dataset "$DATASET" --device "$DEVICE" --progress "$PROGRESS" --resume "$RESUME" \
-                ${VAL_SIZE:+--val_size "$VAL_SIZE"} "${TAGARG[@]}" "${TEACHER_TAG[@]}" --seed "$seed" \
+                ${VAL_SIZE:+--val_size "$VAL_SIZE"} "${ATTACK_TAGARG[@]}" "${TEACHER_TAG[@]}" --seed "$seed" \
                 --victim "$victim" --label "${LABELS[$victim]}" --teacher_model "$TEACHER_MODEL" --student_model "$student" \
                 --query_budget "$QUERY_BUDGET" --batch_size "$DFME_BATCH" --config "$CONFIG" \
                 --results "$RESULTS" "${DFME_ARGS[@]}" "$@"

@@ -24,7 +24,7 @@ from misleader.loop import StopFlag  # noqa: E402
 from misleader.models import Generator, create_model  # noqa: E402
 from misleader.results import append_row, has_row  # noqa: E402
 from misleader.runlog import RunLog, git_commit  # noqa: E402
-from misleader.runtime import amp_dtype, pick_device, seed_everything  # noqa: E402
+from misleader.runtime import setup  # noqa: E402
 from misleader.train import predict  # noqa: E402
 from misleader.victim import BlackBox  # noqa: E402
 from misleader.victims import resolve_victim  # noqa: E402
@@ -69,6 +69,12 @@ def parse(argv):
                    help="1 reproduces the earlier public evaluation, which fed the victim's probabilities to "
                         "log_softmax as if they were logits. It flattens the targets and weakens the attack; it "
                         "exists only to measure that handicap. Off by default")
+    p.add_argument("--query_range", choices=["tanh", "data"], default=d.query_range,
+                   help="what the generator's tanh output in [-1, 1] means to the victim. tanh (DFME): it is fed "
+                        "as an already normalized image, so queries cover [-1, 1] in normalized units (on "
+                        "Fashion-MNIST only raw pixels -0.07..0.64: no bright pixel can be asked about). data: it "
+                        "is mapped onto raw pixels [0, 1] and normalized like the victim's data, so queries cover "
+                        "exactly the valid images")
     p.add_argument("--label", default=None, help="name of this victim in results and reports (default: the victim)")
     p.add_argument("--config", default="", help="config name recorded in results.csv (set by test.sh)")
     p.add_argument("--results", default=paths.RESULTS_CSV, help="CSV to append this run's row to")
@@ -84,7 +90,8 @@ def make_config(args):
                      epoch_itrs=args.epoch_itrs, g_iter=args.g_iter, d_iter=args.d_iter, lr_S=args.lr_S,
                      lr_G=args.lr_G, nz=args.nz, grad_m=args.grad_m, grad_epsilon=args.grad_epsilon, loss=args.loss,
                      scheduler=args.scheduler, steps=tuple(args.steps), scale=args.scale, momentum=args.momentum,
-                     weight_decay=args.weight_decay, probs_as_logits=bool(args.probs_as_logits))
+                     weight_decay=args.weight_decay, probs_as_logits=bool(args.probs_as_logits),
+                     query_range=args.query_range)
     if args.MAZE:
         maze_preset(cfg)
     cfg.validate()
@@ -94,9 +101,7 @@ def make_config(args):
 def main(argv):
     args = parse(argv)
     cfg = make_config(args)
-    device = pick_device(args.device)
-    amp = amp_dtype(args.amp, device)
-    seed_everything(args.seed)
+    device, amp, fmt = setup(args)
     info = dataset_info(args.dataset)
     victim_model, victim_label, victim_path = resolve_victim(args.victim, info, args.teacher_model, args.ensemble_tag,
                                                                  args.teacher_tag)
@@ -106,17 +111,18 @@ def main(argv):
     checkpoint.check_writable(out)
     checkpoint.check_writable(args.results)
     data = load_dataset(args.dataset, args.data_root, args.val_size, args.seed, device)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     victim_model = victim_model.to(device, memory_format=fmt).eval()
     student = student.to(device, memory_format=fmt)
     generator = Generator(nz=cfg.nz, ngf=args.ngf, nc=info.in_channels).to(device, memory_format=fmt)
 
     # Evaluation uses the victim model directly and costs no budget; the attack only holds `victim`.
     test_x = data.normalize(data.test.x).contiguous(memory_format=fmt)
+    val_x = data.normalize(data.val.x).contiguous(memory_format=fmt)  # for choosing attack settings without the test set
     victim_pred = predict(victim_model, test_x, amp=amp).argmax(1)
     victim_acc = (victim_pred == data.test.y).float().mean().item()
     victim = BlackBox(victim_model, cfg.query_budget, output=args.victim_output)
-    attack = DFME(cfg, victim, student, generator, info.num_classes, device, amp, fmt, seed=args.seed)
+    attack = DFME(cfg, victim, student, generator, info.num_classes, device, amp, fmt, seed=args.seed,
+                  mean=info.mean, std=info.std)
 
     state_file = checkpoint.state_path(out)
     if args.resume and not os.path.isfile(state_file) and os.path.isfile(out) and has_row(args.results, out):
@@ -154,25 +160,26 @@ def main(argv):
         acc = (pred == data.test.y).float().mean().item()
         fid = (pred == victim_pred).float().mean().item()
         a.best_acc = max(a.best_acc, acc)
+        val_acc = (predict(student, val_x, amp=amp).argmax(1) == data.val.y).float().mean().item()
         loss_ok = torch.isfinite(torch.tensor([stats["loss_S"], stats["loss_G"]])).all()
-        log.log(a.epoch, {"clone_acc": acc, "fidelity": fid, "queries_used": stats["queries_used"],
-                          "loss_S": stats["loss_S"], "loss_G": stats["loss_G"], "lr_S": stats["lr_S"],
-                          "lr_G": stats["lr_G"]}, console=False, extra={"queries_per_s": stats["queries_per_s"]})
-        bar.write(f"[epoch {a.epoch}/{cfg.epochs}] clone_acc {acc:.4f} best {a.best_acc:.4f} fidelity {fid:.4f} "
-                  f"queries {stats['queries_used']} loss_S {stats['loss_S']:.4f} loss_G {stats['loss_G']:.4f} "
-                  f"({stats['queries_per_s']:.0f} queries/s)")
+        log.log(a.epoch, {"clone_acc": acc, "clone_val_acc": val_acc, "fidelity": fid,
+                          "queries_used": stats["queries_used"], "loss_S": stats["loss_S"],
+                          "loss_G": stats["loss_G"], "lr_S": stats["lr_S"], "lr_G": stats["lr_G"]}, console=False, extra={"queries_per_s": stats["queries_per_s"]})
+        bar.write(f"[epoch {a.epoch}/{cfg.epochs}] clone_acc {acc:.4f} best {a.best_acc:.4f} val {val_acc:.4f} "
+                  f"fidelity {fid:.4f} queries {stats['queries_used']} loss_S {stats['loss_S']:.4f} "
+                  f"loss_G {stats['loss_G']:.4f} ({stats['queries_per_s']:.0f} queries/s)")
+        sys.stdout.flush()  # a log file being followed sees each epoch as it ends
         if not loss_ok:
             from misleader.errors import NonFiniteLoss
             raise NonFiniteLoss(f"non-finite DFME loss in epoch {a.epoch}; the last good state is {state_file}")
         save_state()
         last_save[0] = time.time()
 
-    t0 = time.time()
     bar = tqdm(total=cfg.query_budget, initial=victim.used, unit="q", unit_scale=True, desc="queries",
                disable=not args.progress, file=sys.stdout)
     attack.run(on_epoch=on_epoch, on_iteration=on_iteration, progress=bar)
     bar.close()
-    wall = time.time() - t0
+    wall = attack.wall_s()  # the whole attack's time, across resumes
 
     pred = predict(student, test_x, amp=amp).argmax(1)
     clone_acc = (pred == data.test.y).float().mean().item()

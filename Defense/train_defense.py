@@ -15,11 +15,11 @@ import torch  # noqa: E402
 from misleader import checkpoint, paths  # noqa: E402
 from misleader.cli import Parser, add_common, add_run_flags, main_wrapper  # noqa: E402
 from misleader.data import Augment, dataset_info, load_dataset, num_batches  # noqa: E402
-from misleader.loop import EpochLoop  # noqa: E402
+from misleader.loop import EpochLoop, already_done  # noqa: E402
 from misleader.defense import DefenseStep  # noqa: E402
 from misleader.models import create_model  # noqa: E402
 from misleader.runlog import RunLog  # noqa: E402
-from misleader.runtime import amp_dtype, pick_device, seed_everything  # noqa: E402
+from misleader.runtime import setup  # noqa: E402
 from misleader.train import accuracy, check_finite, make_optimizer, make_scheduler  # noqa: E402
 
 
@@ -59,18 +59,14 @@ def parse(argv):
 
 def main(argv):
     args = parse(argv)
-    device = pick_device(args.device)
-    amp = amp_dtype(args.amp, device)
-    seed_everything(args.seed)
+    device, amp, fmt = setup(args)
     info = dataset_info(args.dataset)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     member = create_model(args.defense_model, info.num_classes, info.in_channels).to(device, memory_format=fmt)
     surrogate = create_model(args.attacker_model, info.num_classes, info.in_channels).to(device, memory_format=fmt)
     teacher, _ = checkpoint.load_classifier(args.teacher_path, args.teacher_model, info, "teacher.sh / Defense/train_teacher.py")
     teacher = teacher.to(device, memory_format=fmt).eval()
     checkpoint.check_writable(args.out)
-    if args.resume and os.path.isfile(args.out) and not os.path.isfile(checkpoint.state_path(args.out)):
-        print(f"already done: {args.out} exists (--resume 1 does not retrain it)")
+    if already_done(args.out, args.resume):
         return
     data = load_dataset(args.dataset, args.data_root, args.val_size, args.seed, device)
 

@@ -11,10 +11,10 @@ import torch.nn.functional as F  # noqa: E402
 from misleader import checkpoint, paths  # noqa: E402
 from misleader.cli import Parser, add_common, add_run_flags, main_wrapper  # noqa: E402
 from misleader.data import Augment, dataset_info, load_dataset, num_batches  # noqa: E402
-from misleader.loop import EpochLoop  # noqa: E402
+from misleader.loop import EpochLoop, already_done  # noqa: E402
 from misleader.models import create_model  # noqa: E402
 from misleader.runlog import RunLog  # noqa: E402
-from misleader.runtime import amp_dtype, autocast, pick_device, seed_everything  # noqa: E402
+from misleader.runtime import autocast, setup  # noqa: E402
 from misleader.train import accuracy, make_optimizer, make_scheduler  # noqa: E402
 
 # design.md defaults per dataset family: (optimizer, lr, weight decay, batch, epochs, schedule, milestones)
@@ -59,17 +59,13 @@ def parse(argv):
 
 def main(argv):
     args = parse(argv)
-    device = pick_device(args.device)
-    amp = amp_dtype(args.amp, device)
-    seed_everything(args.seed)
+    device, amp, fmt = setup(args)
     info = dataset_info(args.dataset)
     model = create_model(args.model, info.num_classes, info.in_channels)  # checks the name before any I/O
     checkpoint.check_writable(args.out)
-    if args.resume and os.path.isfile(args.out) and not os.path.isfile(checkpoint.state_path(args.out)):
-        print(f"already done: {args.out} exists (--resume 1 does not retrain it)")
+    if already_done(args.out, args.resume):
         return
     data = load_dataset(args.dataset, args.data_root, args.val_size, args.seed, device)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = num_batches(len(data.train), args.batch_size)

@@ -7,6 +7,8 @@ if [ ! -f "configs/${CONFIG}.sh" ]; then
 fi
 # Defaults a config may override.
 TAG=""                 # suffix of every checkpoint name, so configs on one dataset do not overwrite each other
+ATTACK_TAG=""          # suffix of the attack checkpoints only (empty: TAG), for configs that share the trained
+                       # teacher and members but attack them with other settings
 SEED=0                 # seed of teacher and defense training
 SEEDS=(0)              # seeds of the attack runs of test.sh
 COMPARE_SEEDS=(0 1 2)  # seeds of the teacher and MISLEADER attacks of compare.sh
@@ -23,4 +25,7 @@ COMMON=(--dataset "$DATASET" --seed "$SEED" --device "$DEVICE" --progress "$PROG
 [ -n "$VAL_SIZE" ] && COMMON+=(--val_size "$VAL_SIZE")
 TAGARG=()
 [ -n "$TAG" ] && TAGARG=(--tag "$TAG")
+ATTACK_TAG="${ATTACK_TAG:-$TAG}"
+ATTACK_TAGARG=()
+[ -n "$ATTACK_TAG" ] && ATTACK_TAGARG=(--tag "$ATTACK_TAG")
 true

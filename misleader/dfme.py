@@ -37,6 +37,7 @@ class DFMEConfig:
     weight_decay: float = 5e-4
     g_optimizer: str = "adam"  # MAZE: sgd
     probs_as_logits: bool = False
+    query_range: str = "tanh"  # "tanh": tanh(G(z)) is the normalized input (DFME); "data": see query_map
 
     @property
     def cost_per_iteration(self):
@@ -60,6 +61,8 @@ class DFMEConfig:
             raise UserError(f"--grad_epsilon must be positive, got {self.grad_epsilon}")
         if self.loss not in ("l1", "kl"):
             raise UserError(f"--loss must be l1 or kl, got {self.loss}")
+        if self.query_range not in ("tanh", "data"):
+            raise UserError(f"--query_range must be tanh or data, got {self.query_range}")
         if self.scheduler not in ("multistep", "cosine", "none"):
             raise UserError(f"--scheduler must be multistep, cosine or none, got {self.scheduler}")
 
@@ -68,6 +71,19 @@ def maze_preset(cfg):
     """MAZE's settings on top of DFME's: KL loss, batch 128, 10 directions, SGD generator at 1e-4, cosine."""
     cfg.loss, cfg.batch_size, cfg.grad_m, cfg.lr_G, cfg.g_optimizer, cfg.scheduler = "kl", 128, 10, 1e-4, "sgd", "cosine"
     return cfg
+
+
+def query_map(query_range, mean, std):
+    """(scale, shift) with query = scale * tanh(G(z)) + shift, per channel, shaped (1, C, 1, 1).
+
+    "tanh" is DFME's choice: the tanh output is fed as an already normalized image, so queries span
+    [-1, 1] in normalized units whatever the data (on Fashion-MNIST, raw pixels -0.07..0.64 only).
+    "data" maps [-1, 1] onto raw pixels [0, 1] and normalizes them like the victim's data, so the
+    queries span exactly the valid images."""
+    mean, std = torch.as_tensor(mean).view(1, -1, 1, 1), torch.as_tensor(std).view(1, -1, 1, 1)
+    if query_range == "tanh":
+        return torch.ones_like(std), torch.zeros_like(mean)
+    return 0.5 / std, (0.5 - mean) / std
 
 
 def _scheduler(cfg, opt, epochs):
@@ -83,11 +99,13 @@ class DFME:
     """The attack's state: student, generator, their optimisers and schedules, RNG, progress.
 
     ``amp`` is used for the generator and for the student's training steps only; every evaluation
-    that enters a finite difference (victim and student at the perturbed points) stays float32."""
+    that enters a finite difference (victim and student at the perturbed points) stays float32.
+    ``mean``/``std`` are the victim data's normalization constants, used by ``cfg.query_range``."""
 
     def __init__(self, cfg, victim, student, generator, num_classes, device, amp=None,
-                 memory_format=torch.contiguous_format, seed=0):
+                 memory_format=torch.contiguous_format, seed=0, mean=(0.0,), std=(1.0,)):
         cfg.validate()
+        self.q_scale, self.q_shift = (t.to(device) for t in query_map(cfg.query_range, mean, std))
         self.cfg, self.victim, self.student, self.generator = cfg, victim, student, generator
         self.num_classes, self.device, self.amp, self.fmt = num_classes, device, amp, memory_format
         self.opt_S = torch.optim.SGD(student.parameters(), lr=cfg.lr_S, momentum=cfg.momentum,
@@ -103,6 +121,15 @@ class DFME:
         self.best_acc = -1.0
         self.last = {}
         self.sums = {"g": 0.0, "s": 0.0, "n": 0, "used0": 0, "secs": 0.0}  # the running epoch, saved with the state
+        self.wall_before, self._run_t0 = 0.0, None  # seconds spent in run() by earlier processes / this call's start
+
+    def wall_s(self):
+        """Seconds spent in run() over the whole attack, including processes before a resume."""
+        return self.wall_before + (time.time() - self._run_t0 if self._run_t0 is not None else 0.0)
+
+    def to_query(self, t):
+        """The image the victim is asked about, from the generator's tanh output."""
+        return (t * self.q_scale + self.q_shift).contiguous(memory_format=self.fmt)
 
     # -- victim answers as the attacker sees them
     def victim_logits(self, x):
@@ -114,7 +141,8 @@ class DFME:
     def sample(self, grad=False, pre_x=False):
         z = torch.randn(self.cfg.batch_size, self.cfg.nz, device=self.device, generator=self.rng)
         with torch.set_grad_enabled(grad), autocast(self.device, self.amp):
-            return self.generator(z, pre_x=pre_x).float().contiguous(memory_format=self.fmt)
+            x = self.generator(z, pre_x=pre_x).float()
+        return x.contiguous(memory_format=self.fmt) if pre_x else self.to_query(x)
 
     def generator_step(self):
         cfg = self.cfg
@@ -122,7 +150,7 @@ class DFME:
         x_pre = self.sample(grad=True, pre_x=True)
 
         def loss_at(points):  # what the generator maximises, per point; float32 throughout
-            x = torch.tanh(points).contiguous(memory_format=self.fmt)
+            x = self.to_query(torch.tanh(points))
             return -per_sample_disagreement(self.student(x).float(), self.victim_logits(x), cfg.loss)
 
         u = zoo.unit_directions(x_pre.shape[0], cfg.grad_m, x_pre.shape[1:], self.device, self.rng)
@@ -159,6 +187,13 @@ class DFME:
     def run(self, on_epoch=None, on_iteration=None, progress=None):
         """Train until the budget cannot pay for another iteration. on_epoch(self, stats) evaluates and
         logs; on_iteration(self) may save state. Returns the number of iterations run in this call."""
+        self.wall_before, self._run_t0 = self.wall_s(), time.time()
+        try:
+            return self._run(on_epoch, on_iteration, progress)
+        finally:  # stop the clock: wall_s() is the attack's time, not the time since
+            self.wall_before, self._run_t0 = self.wall_s(), None
+
+    def _run(self, on_epoch, on_iteration, progress):
         cfg, done = self.cfg, 0
         while self.can_continue():
             sums = self.sums
@@ -194,6 +229,7 @@ class DFME:
                 "sched_S": self.sched_S.state_dict(), "sched_G": self.sched_G.state_dict(),
                 "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(), "epoch": self.epoch,
                 "itr": self.itr, "best_acc": self.best_acc, "queries_used": self.victim.used, "sums": dict(self.sums),
+                "wall_s": self.wall_s(),
                 "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.cfg).items()}}
 
     def load_state_dict(self, st):
@@ -208,3 +244,4 @@ class DFME:
         self.epoch, self.itr, self.best_acc = st["epoch"], st["itr"], st["best_acc"]
         self.victim.used = st["queries_used"]
         self.sums = dict(st["sums"])
+        self.wall_before, self._run_t0 = float(st.get("wall_s", 0.0)), None

@@ -19,6 +19,14 @@ from misleader.data import batches, num_batches
 from misleader.train import check_finite
 
 
+def already_done(out, resume):
+    """--resume 1 on a run whose output exists and has no state file left: say so; the caller returns."""
+    done = bool(resume) and os.path.isfile(out) and not os.path.isfile(checkpoint.state_path(out))
+    if done:
+        print(f"already done: {out} exists (--resume 1 does not retrain it)")
+    return done
+
+
 class StopFlag:
     """SIGINT / SIGTERM set a flag; the loop saves its state at the next step boundary and exits 128+signum."""
 

@@ -69,18 +69,22 @@ def _flag(row, col):
 
 
 def group_key(row):
-    """(dataset, label, probs_as_logits): the rows of one victim."""
+    """(dataset, label, probs_as_logits, query_range): the rows of one victim attacked one way."""
     label = row.get("label") or row.get("victim") or "?"
-    return row.get("dataset") or "", label, _flag(row, "probs_as_logits")
+    return row.get("dataset") or "", label, _flag(row, "probs_as_logits"), row.get("query_range") or "tanh"
 
 
 def _display_names(keys):
-    """label, plus ' (probs_as_logits)' for those runs; the dataset is added only where labels collide."""
-    base = {k: k[1] + (" (probs_as_logits)" if k[2] else "") for k in keys}
-    counts = {}
-    for name in base.values():
-        counts[name] = counts.get(name, 0) + 1
-    return {k: (f"{n} [{k[0]}]" if counts[n] > 1 else n) for k, n in base.items()}
+    """label, plus ' (probs_as_logits)' for those runs; where names collide, the dataset and then the
+    query range are added, each only when it tells the colliding groups apart."""
+    names = {k: k[1] + (" (probs_as_logits)" if k[2] else "") for k in keys}
+    for field, add in ((0, "{} [{}]"), (3, "{} (query_range {})")):
+        same = {}
+        for k, n in names.items():
+            same.setdefault(n, []).append(k)
+        names = {k: (add.format(n, k[field]) if len({c[field] for c in same[n]}) > 1 else n)
+                 for k, n in names.items()}
+    return names
 
 
 def _groups(rows):
@@ -117,6 +121,7 @@ def summarize(rows):
         budgets = sorted({_num(r, "query_budget", i, int) for i, r in members})
         out.append({
             "victim": names[key], "dataset": key[0], "label": key[1], "probs_as_logits": int(key[2]),
+            "query_range": key[3],
             "victim_acc": _mean(col["victim_acc"]),
             "clone_acc_mean": _mean(col["clone_acc"]), "clone_acc_std": _std(col["clone_acc"]),
             "clone_best_mean": _mean(col["clone_best_acc"]), "fidelity_mean": _mean(col["fidelity"]),

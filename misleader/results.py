@@ -1,21 +1,44 @@
-"""results/results.csv: one row per attack run, appended (header written once, columns fixed)."""
+"""results/results.csv: one row per attack run, appended (header written once; new columns only at the end)."""
 
 import csv
 import os
 
 COLUMNS = ["dataset", "victim", "victim_acc", "attack", "student_model", "query_budget", "queries_used", "clone_acc",
            "clone_best_acc", "fidelity", "seed", "probs_as_logits", "label", "config", "victim_path", "run_dir",
-           "attack_path", "wall_s", "git_commit", "date"]
+           "attack_path", "wall_s", "git_commit", "date", "query_range"]
+# What a column added later meant for the rows written before it existed.
+EARLIER_VALUES = {"query_range": "tanh"}
 
 
 def append_row(path, row):
+    """Append one row; a file written before a column existed gets the column first, with its earlier value."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != COLUMNS:
+            _add_columns(path, header)
     new = not os.path.isfile(path) or os.path.getsize(path) == 0
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         if new:
             w.writeheader()
         w.writerow(row)
+
+
+def _add_columns(path, header):
+    unknown = [c for c in header if c not in COLUMNS]
+    if unknown or header != COLUMNS[:len(header)]:
+        from misleader.errors import UserError
+        raise UserError(f"{path} has columns this version does not write ({', '.join(unknown) or 'another order'}); "
+                        f"give another --results file")
+    rows = read_rows(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows({**{c: EARLIER_VALUES.get(c, "") for c in COLUMNS[len(header):]}, **r} for r in rows)
+    os.replace(tmp, path)
 
 
 def has_row(path, attack_path):

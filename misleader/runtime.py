@@ -48,3 +48,12 @@ def autocast(device, dtype):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
+
+
+def setup(args):
+    """What every training entry point decides first, from the common flags: (device, amp dtype, memory format).
+    Seeds every RNG with --seed."""
+    device = pick_device(args.device)
+    amp = amp_dtype(args.amp, device)
+    seed_everything(args.seed)
+    return device, amp, (torch.channels_last if args.channels_last else torch.contiguous_format)

@@ -12,4 +12,6 @@ class Counting(nn.Module):
 
     def forward(self, x):
         self.seen += x.shape[0]
+        self.lo = min(getattr(self, "lo", float("inf")), x.min().item())  # the range of every input seen
+        self.hi = max(getattr(self, "hi", float("-inf")), x.max().item())
         return self.model(x)

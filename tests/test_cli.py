@@ -210,3 +210,32 @@ def test_unknown_config(runs):
         assert re.search(rf"\b{name}\b", line)
     assert not re.search(r"\bload\b", line)  # the loader is not a config
     assert runs["bad_config"].stdout == ""  # stopped before any stage started
+
+
+def _sourced(tmp_path, config_text, show):
+    """Source configs/load.sh with a config of the given text (in a copy of configs/) and echo `show`."""
+    os.makedirs(tmp_path / "configs", exist_ok=True)
+    (tmp_path / "configs" / "load.sh").write_text(open(os.path.join(REPO, "configs", "load.sh")).read())
+    (tmp_path / "configs" / "t.sh").write_text("DATASET=synthetic\n" + config_text)
+    out = subprocess.run(["bash", "-c", f"set -euo pipefail; CONFIG=t source configs/load.sh; {show}"],
+                         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "ATTACK_TAG": ""})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize("text,expected", [("", "|"), ('TAG=quick\n', "--tag quick|--tag quick"),
+                                           ('ATTACK_TAG=g32\n', "|--tag g32"),
+                                           ('TAG=quick\nATTACK_TAG=g32\n', "--tag quick|--tag g32")])
+def test_attack_tag_names_attack_checkpoints_only(tmp_path, text, expected):
+    """TAG names every checkpoint; ATTACK_TAG (default TAG) only the attacks', so two configs can share models."""
+    assert _sourced(tmp_path, text, 'echo "${TAGARG[*]:-}|${ATTACK_TAGARG[*]:-}"') == expected
+
+
+@pytest.mark.parametrize("name", sorted(os.path.basename(p)[:-3] for p in os.listdir(os.path.join(REPO, "configs"))
+                                        if p.endswith(".sh") and p != "load.sh"))
+def test_every_config_sources_cleanly(name):
+    out = subprocess.run(["bash", "-c", 'set -euo pipefail; source configs/load.sh; echo "$DATASET ${#STUDENTS[@]}"'],
+                         cwd=REPO, capture_output=True, text=True, env={**os.environ, "CONFIG": name})
+    assert out.returncode == 0, out.stderr
+    dataset, students = out.stdout.split()
+    assert dataset and int(students) >= 1

@@ -8,14 +8,14 @@ from misleader.models import Generator, create_model
 from misleader.victim import BlackBox, BudgetExceeded
 
 
-def make_attack(budget, **kw):
+def make_attack(budget, mean=(0.0,), std=(1.0,), **kw):
     torch.manual_seed(0)
     cfg = DFMEConfig(query_budget=budget, batch_size=16, epoch_itrs=3, nz=16, **kw)
     cfg.validate()  # as the entry point does, before the victim API is built
     victim_model = Counting(create_model("lenet5fifth", 10, 1))
     victim = BlackBox(victim_model, cfg.query_budget)
     attack = DFME(cfg, victim, create_model("lenet5fifth", 10, 1), Generator(nz=16, ngf=8, nc=1), 10,
-                  torch.device("cpu"), seed=0)
+                  torch.device("cpu"), seed=0, mean=mean, std=std)
     return attack, victim, victim_model
 
 
@@ -67,3 +67,40 @@ def test_state_round_trip_continues_identically():
     assert victim_resumed.used == victim_full.used
     for a, b in zip(full.student.state_dict().values(), resumed.student.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("query_range", ["tanh", "data"])
+def test_query_range_decides_which_images_the_victim_sees(query_range):
+    """tanh: queries stay in [-1, 1] normalized units; data: they cover the normalized image of raw [0, 1]."""
+    mean, std = 0.2860, 0.3530  # Fashion-MNIST: raw [0, 1] is [-0.81, 2.02] normalized
+    attack, _, counted = make_attack(1000, mean=(mean,), std=(std,), query_range=query_range)
+    ends = attack.to_query(torch.tensor([-1.0, 0.0, 1.0]).view(3, 1, 1, 1)).flatten()
+    attack.run()
+    assert counted.seen > 0
+    if query_range == "tanh":
+        assert torch.allclose(ends, torch.tensor([-1.0, 0.0, 1.0]))
+        assert -1 <= counted.lo and counted.hi <= 1
+    else:
+        lo, hi = (0 - mean) / std, (1 - mean) / std
+        assert torch.allclose(ends, torch.tensor([lo, (0.5 - mean) / std, hi]), atol=1e-6)
+        assert lo - 1e-5 <= counted.lo and counted.hi <= hi + 1e-5
+        assert counted.hi > 1.2  # brighter than any tanh-range query can be (raw pixel 0.71 and up)
+
+
+def test_wall_time_carries_across_a_resume():
+    """After a resume, wall_s() counts the earlier process's seconds too (results.csv's wall_s, queries/s)."""
+    whole, _, _ = make_attack(1000)
+    whole.run()
+    assert whole.wall_s() > 0
+    assert whole.wall_s() == whole.wall_s()  # the clock stops when run() returns
+    part, _, _ = make_attack(1000)
+    for _ in range(3):
+        part.iteration()
+    state = part.state_dict()
+    state["wall_s"] = 1000.0  # as if the first process had run for 1000 s before it was stopped
+    resumed, _, _ = make_attack(1000)
+    resumed.load_state_dict(state)
+    assert resumed.wall_s() == 1000.0
+    assert resumed.run() == 5  # the 8 iterations the budget pays for, less the 3 done before
+    assert 1000.0 < resumed.wall_s() < 1000.0 + 60
+    assert resumed.state_dict()["wall_s"] == resumed.wall_s()

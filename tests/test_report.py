@@ -199,3 +199,44 @@ def test_report_sh_is_executable():
     text = open(path).read()
     assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
     assert 'python -m misleader.report "$@"' in text
+
+
+def test_query_range_rows_are_their_own_victim_named_only_where_needed(tmp_path):
+    rows = [_row(label="teacher", seed=0, clone_acc="0.5000", clone_best_acc="0.5000", fidelity="0.5000",
+                 victim_acc="0.9000", query_range="tanh"),
+            _row(label="teacher", seed=0, clone_acc="0.7000", clone_best_acc="0.7000", fidelity="0.7000",
+                 victim_acc="0.9000", query_range="data"),
+            _row(label="misleader", seed=0, clone_acc="0.6000", clone_best_acc="0.6000", fidelity="0.6000",
+                 victim_acc="0.8800", query_range="data")]
+    s = report.summarize(report.load_results(_write_csv(tmp_path / "r.csv", rows)))
+    assert [(g["victim"], g["clone_acc_mean"]) for g in s] == [
+        ("teacher (query_range tanh)", pytest.approx(0.5)), ("teacher (query_range data)", pytest.approx(0.7)),
+        ("misleader", pytest.approx(0.6))]
+    rows.append(_row(label="teacher", dataset="mnist", seed=0, clone_acc="0.9000", clone_best_acc="0.9000",
+                     fidelity="0.9000", victim_acc="0.9900", query_range="tanh"))
+    s = report.summarize(report.load_results(_write_csv(tmp_path / "r2.csv", rows)))
+    assert [g["victim"] for g in s] == ["teacher [fashionmnist] (query_range tanh)",
+                                        "teacher [fashionmnist] (query_range data)", "misleader", "teacher [mnist]"]
+    # a CSV from before the column existed: every row is a tanh-range run
+    old = [c for c in COLUMNS if c != "query_range"]
+    s = report.summarize(report.load_results(_write_csv(tmp_path / "old.csv", rows[:1], old)))
+    assert s[0]["victim"] == "teacher" and s[0]["query_range"] == "tanh"
+
+
+def test_append_row_adds_a_new_column_to_an_older_file(tmp_path):
+    from misleader.results import append_row, read_rows
+
+    old = [c for c in COLUMNS if c != "query_range"]
+    path = _write_csv(tmp_path / "results.csv", [_row(seed=0, clone_acc="0.5")], old)
+    append_row(path, _row(seed=1, clone_acc="0.6", query_range="data"))
+    with open(path) as f:
+        assert f.readline().strip().split(",") == COLUMNS
+    rows = read_rows(path)
+    assert [(r["seed"], r["clone_acc"], r["query_range"]) for r in rows] == [("0", "0.5", "tanh"), ("1", "0.6", "data")]
+    assert [r["date"] for r in rows] == ["2026-01-01"] * 2  # the old row's values stay in their columns
+
+    alien = _write_csv(tmp_path / "alien.csv", [_row(seed=0)], old + ["something_else"])
+    before = open(alien).read()
+    with pytest.raises(UserError, match="something_else"):
+        append_row(alien, _row(seed=1))
+    assert open(alien).read() == before
