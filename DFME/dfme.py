@@ -195,7 +195,7 @@ def main(argv):
            "attack": "maze" if args.MAZE else "dfme", "student_model": args.student_model,
            "query_budget": cfg.query_budget, "queries_used": victim.used, "clone_acc": f"{clone_acc:.4f}",
            "clone_best_acc": f"{best:.4f}", "fidelity": f"{fidelity:.4f}", "seed": args.seed,
-           "probs_as_logits": int(args.probs_as_logits), "label": label, "config": args.config,
+           "probs_as_logits": int(args.probs_as_logits), "query_range": cfg.query_range, "label": label, "config": args.config,
            "victim_path": victim_path, "run_dir": log.dir, "attack_path": out, "wall_s": f"{wall:.1f}",
            "git_commit": git_commit(), "date": datetime.date.today().isoformat()}
     if not (args.resume and has_row(args.results, out)):  # a run killed after writing its row adds it once

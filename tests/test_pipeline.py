@@ -55,5 +55,6 @@ def test_attack_rows_respect_budget(smoke):
     for r in rows:
         assert 0 < int(r["queries_used"]) <= int(r["query_budget"]) == 20000
         assert r["seed"] == "0" and 0.0 <= float(r["clone_acc"]) <= 1.0
+        assert r["query_range"] == "tanh" and r["git_commit"]
         assert os.path.isfile(root / r["attack_path"])
     assert "victim_acc" in logs["test.sh"].splitlines()[-3]  # the closing table
