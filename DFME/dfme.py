@@ -117,7 +117,7 @@ def main(argv):
 
     # Evaluation uses the victim model directly and costs no budget; the attack only holds `victim`.
     test_x = data.normalize(data.test.x).contiguous(memory_format=fmt)
-    val_x = data.normalize(data.val.x).contiguous(memory_format=fmt)  # for choosing attack settings without the test set
+    val_x = data.normalize(data.val.x).contiguous(memory_format=fmt)  # to choose attack settings without the test set
     victim_pred = predict(victim_model, test_x, amp=amp).argmax(1)
     victim_acc = (victim_pred == data.test.y).float().mean().item()
     victim = BlackBox(victim_model, cfg.query_budget, output=args.victim_output)
@@ -164,7 +164,8 @@ def main(argv):
         loss_ok = torch.isfinite(torch.tensor([stats["loss_S"], stats["loss_G"]])).all()
         log.log(a.epoch, {"clone_acc": acc, "clone_val_acc": val_acc, "fidelity": fid,
                           "queries_used": stats["queries_used"], "loss_S": stats["loss_S"],
-                          "loss_G": stats["loss_G"], "lr_S": stats["lr_S"], "lr_G": stats["lr_G"]}, console=False, extra={"queries_per_s": stats["queries_per_s"]})
+                          "loss_G": stats["loss_G"], "lr_S": stats["lr_S"], "lr_G": stats["lr_G"]},
+                console=False, extra={"queries_per_s": stats["queries_per_s"]})
         bar.write(f"[epoch {a.epoch}/{cfg.epochs}] clone_acc {acc:.4f} best {a.best_acc:.4f} val {val_acc:.4f} "
                   f"fidelity {fid:.4f} queries {stats['queries_used']} loss_S {stats['loss_S']:.4f} "
                   f"loss_G {stats['loss_G']:.4f} ({stats['queries_per_s']:.0f} queries/s)")
@@ -195,7 +196,8 @@ def main(argv):
            "attack": "maze" if args.MAZE else "dfme", "student_model": args.student_model,
            "query_budget": cfg.query_budget, "queries_used": victim.used, "clone_acc": f"{clone_acc:.4f}",
            "clone_best_acc": f"{best:.4f}", "fidelity": f"{fidelity:.4f}", "seed": args.seed,
-           "probs_as_logits": int(args.probs_as_logits), "query_range": cfg.query_range, "label": label, "config": args.config,
+           "probs_as_logits": int(args.probs_as_logits), "query_range": cfg.query_range, "label": label,
+           "config": args.config,
            "victim_path": victim_path, "run_dir": log.dir, "attack_path": out, "wall_s": f"{wall:.1f}",
            "git_commit": git_commit(), "date": datetime.date.today().isoformat()}
     if not (args.resume and has_row(args.results, out)):  # a run killed after writing its row adds it once

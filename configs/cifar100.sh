@@ -1,22 +1,4 @@
 # cifar100: CIFAR-10's settings on CIFAR-100 (member values unpublished for CIFAR-100), 200M queries.
+source configs/cifar10.sh
 DATASET=cifar100
-TAG=""
-SEEDS=(0)
-
-TEACHER_MODEL=resnet34_8x
-TEACHER_EPOCHS=200
-TEACHER_BATCH=128
-TEACHER_ARGS=(--optimizer sgd --lr 0.1 --weight_decay 5e-4 --scheduler multistep --milestones 80 120)
-
-# MISLEADER's published members: "arch lambda T alpha [attacker_arch]"
-MEMBERS=("resnet18_8x 0.001 6 0.3" "mobilenet_v2 0.05 4 0.9" "densenet121 0.01 2 0.3")
-DEFENSE_EPOCHS=200
-DEFENSE_BATCH=256
-LR_DEFENSE=0.1
-LR_ATTACKER=0.01
-A_ITER=1
-
-STUDENTS=(resnet18_8x)
 QUERY_BUDGET=200
-DFME_BATCH=256
-DFME_ARGS=()
