@@ -25,7 +25,7 @@ from misleader.models import Generator, create_model  # noqa: E402
 from misleader.results import append_row, has_row  # noqa: E402
 from misleader.runlog import RunLog, git_commit  # noqa: E402
 from misleader.runtime import setup  # noqa: E402
-from misleader.train import predict  # noqa: E402
+from misleader.train import accuracy, predict  # noqa: E402
 from misleader.victim import BlackBox  # noqa: E402
 from misleader.victims import resolve_victim  # noqa: E402
 
@@ -117,7 +117,6 @@ def main(argv):
 
     # Evaluation uses the victim model directly and costs no budget; the attack only holds `victim`.
     test_x = data.normalize(data.test.x).contiguous(memory_format=fmt)
-    val_x = data.normalize(data.val.x).contiguous(memory_format=fmt)  # to choose attack settings without the test set
     victim_pred = predict(victim_model, test_x, amp=amp).argmax(1)
     victim_acc = (victim_pred == data.test.y).float().mean().item()
     victim = BlackBox(victim_model, cfg.query_budget, output=args.victim_output)
@@ -160,7 +159,7 @@ def main(argv):
         acc = (pred == data.test.y).float().mean().item()
         fid = (pred == victim_pred).float().mean().item()
         a.best_acc = max(a.best_acc, acc)
-        val_acc = (predict(student, val_x, amp=amp).argmax(1) == data.val.y).float().mean().item()
+        val_acc = accuracy(student, data.val, data.normalize, amp)  # to choose attack settings without the test set
         loss_ok = torch.isfinite(torch.tensor([stats["loss_S"], stats["loss_G"]])).all()
         log.log(a.epoch, {"clone_acc": acc, "clone_val_acc": val_acc, "fidelity": fid,
                           "queries_used": stats["queries_used"], "loss_S": stats["loss_S"],

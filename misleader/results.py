@@ -3,6 +3,8 @@
 import csv
 import os
 
+from misleader.errors import UserError
+
 COLUMNS = ["dataset", "victim", "victim_acc", "attack", "student_model", "query_budget", "queries_used", "clone_acc",
            "clone_best_acc", "fidelity", "seed", "probs_as_logits", "label", "config", "victim_path", "run_dir",
            "attack_path", "wall_s", "git_commit", "date", "query_range"]
@@ -29,7 +31,6 @@ def append_row(path, row):
 def _add_columns(path, header):
     unknown = [c for c in header if c not in COLUMNS]
     if unknown or header != COLUMNS[:len(header)]:
-        from misleader.errors import UserError
         raise UserError(f"{path} has columns this version does not write ({', '.join(unknown) or 'another order'}); "
                         f"give another --results file")
     rows = read_rows(path)

@@ -49,7 +49,6 @@ def autocast(device, dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-
 def setup(args):
     """What every training entry point decides first, from the common flags: (device, amp dtype, memory format).
     Seeds every RNG with --seed."""
