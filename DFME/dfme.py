@@ -6,6 +6,7 @@ when the query budget cannot pay for another iteration; the queries actually use
 One row per run is appended to results/results.csv.
 """
 
+import argparse
 import datetime
 import os
 import sys
@@ -19,9 +20,8 @@ from tqdm import tqdm  # noqa: E402
 from misleader import checkpoint, paths  # noqa: E402
 from misleader.cli import Parser, add_common, add_run_flags, main_wrapper  # noqa: E402
 from misleader.data import dataset_info, load_dataset  # noqa: E402
-from misleader.dfme import DFME, DFMEConfig, maze_preset  # noqa: E402
+from misleader.dfme import MAZE_PRESET, DFME, DFMEConfig, attacker_models, settings_text  # noqa: E402
 from misleader.loop import StopFlag  # noqa: E402
-from misleader.models import Generator, create_model  # noqa: E402
 from misleader.results import append_row, has_row  # noqa: E402
 from misleader.runlog import RunLog, git_commit  # noqa: E402
 from misleader.runtime import setup  # noqa: E402
@@ -50,7 +50,9 @@ def parse(argv):
     p.add_argument("--g_iter", type=int, default=d.g_iter, help="generator steps per iteration")
     p.add_argument("--d_iter", type=int, default=d.d_iter, help="student steps per iteration")
     p.add_argument("--lr_S", type=float, default=d.lr_S, help="student SGD learning rate")
-    p.add_argument("--lr_G", type=float, default=d.lr_G, help="generator Adam learning rate")
+    p.add_argument("--lr_G", type=float, default=d.lr_G, help="generator learning rate")
+    p.add_argument("--g_optimizer", choices=["adam", "sgd"], default=d.g_optimizer,
+                   help="generator optimizer (MAZE: sgd with momentum 0.9 and weight decay --weight_decay)")
     p.add_argument("--nz", type=int, default=d.nz, help="generator latent size")
     p.add_argument("--grad_m", type=int, default=d.grad_m, help="random directions per zeroth-order estimate")
     p.add_argument("--grad_epsilon", type=float, default=d.grad_epsilon, help="finite-difference step")
@@ -61,10 +63,12 @@ def parse(argv):
                    help="multistep milestones as fractions of the epochs")
     p.add_argument("--scale", type=float, default=d.scale, help="multistep factor")
     p.add_argument("--momentum", type=float, default=d.momentum, help="student SGD momentum")
-    p.add_argument("--weight_decay", type=float, default=d.weight_decay, help="student SGD weight decay")
+    p.add_argument("--weight_decay", type=float, default=d.weight_decay,
+                   help="student SGD weight decay (and the generator's with --g_optimizer sgd)")
     p.add_argument("--student_model", default="lenet5", help="clone architecture")
     p.add_argument("--MAZE", type=int, default=0, choices=[0, 1],
-                   help="1 applies the MAZE preset: loss kl, batch 128, grad_m 10, SGD generator lr 1e-4, cosine")
+                   help="1 makes the MAZE preset the defaults: --loss kl --batch_size 128 --grad_m 10 --lr_G 1e-4 "
+                        "--g_optimizer sgd --scheduler cosine; flags given explicitly still win")
     p.add_argument("--probs_as_logits", type=int, default=0, choices=[0, 1],
                    help="1 reproduces the earlier public evaluation, which fed the victim's probabilities to "
                         "log_softmax as if they were logits. It flattens the targets and weakens the attack; it "
@@ -79,6 +83,10 @@ def parse(argv):
     p.add_argument("--config", default="", help="config name recorded in results.csv (set by test.sh)")
     p.add_argument("--results", default=paths.RESULTS_CSV, help="CSV to append this run's row to")
     add_run_flags(p, "suffix of the saved attack checkpoint name (DFME/cache/<dataset>-<victim>-<student>-seed<s>-<tag>.pt)")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--MAZE", type=int, default=0)
+    if pre.parse_known_args(argv)[0].MAZE == 1:
+        p.set_defaults(**MAZE_PRESET)  # defaults only: what the user typed overrides them
     args = p.parse_args(argv)
     info = dataset_info(args.dataset)
     args.teacher_model = args.teacher_model or info.teacher_arch
@@ -90,10 +98,8 @@ def make_config(args):
                      epoch_itrs=args.epoch_itrs, g_iter=args.g_iter, d_iter=args.d_iter, lr_S=args.lr_S,
                      lr_G=args.lr_G, nz=args.nz, grad_m=args.grad_m, grad_epsilon=args.grad_epsilon, loss=args.loss,
                      scheduler=args.scheduler, steps=tuple(args.steps), scale=args.scale, momentum=args.momentum,
-                     weight_decay=args.weight_decay, probs_as_logits=bool(args.probs_as_logits),
-                     query_range=args.query_range)
-    if args.MAZE:
-        maze_preset(cfg)
+                     weight_decay=args.weight_decay, g_optimizer=args.g_optimizer,
+                     probs_as_logits=bool(args.probs_as_logits), query_range=args.query_range)
     cfg.validate()
     return cfg
 
@@ -106,14 +112,15 @@ def main(argv):
     victim_model, victim_label, victim_path = resolve_victim(args.victim, info, args.teacher_model, args.ensemble_tag,
                                                                  args.teacher_tag)
     label = args.label or victim_label
-    student = create_model(args.student_model, info.num_classes, info.in_channels)
+    student, generator = attacker_models(args.student_model, info.num_classes, info.in_channels, cfg.nz, args.ngf,
+                                         args.seed)
     out = paths.attack_path(args.dataset, label, args.student_model, args.seed, args.tag)
     checkpoint.check_writable(out)
     checkpoint.check_writable(args.results)
-    data = load_dataset(args.dataset, args.data_root, args.val_size, args.seed, device)
+    data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, device)
     victim_model = victim_model.to(device, memory_format=fmt).eval()
     student = student.to(device, memory_format=fmt)
-    generator = Generator(nz=cfg.nz, ngf=args.ngf, nc=info.in_channels).to(device, memory_format=fmt)
+    generator = generator.to(device, memory_format=fmt)
 
     # Evaluation uses the victim model directly and costs no budget; the attack only holds `victim`.
     test_x = data.normalize(data.test.x).contiguous(memory_format=fmt)
@@ -196,6 +203,7 @@ def main(argv):
            "query_budget": cfg.query_budget, "queries_used": victim.used, "clone_acc": f"{clone_acc:.4f}",
            "clone_best_acc": f"{best:.4f}", "fidelity": f"{fidelity:.4f}", "seed": args.seed,
            "probs_as_logits": int(args.probs_as_logits), "query_range": cfg.query_range, "label": label,
+           "settings": settings_text(cfg, ngf=args.ngf, victim_output=args.victim_output),
            "config": args.config,
            "victim_path": victim_path, "run_dir": log.dir, "attack_path": out, "wall_s": f"{wall:.1f}",
            "git_commit": git_commit(), "date": datetime.date.today().isoformat()}

@@ -43,11 +43,13 @@ def main(argv):
     for spec in args.members:
         arch, _, tag = spec.partition(":")
         path = paths.member_path(args.dataset, arch, tag or None)
-        members.append(checkpoint.load_classifier(path, arch, info, "train.sh / Defense/train_defense.py")[0].to(device).eval())
+        model, ck = checkpoint.load_classifier(path, arch, info, "train.sh / Defense/train_defense.py")
+        checkpoint.check_split(ck, path, args.split_seed)
+        members.append(model.to(device).eval())
         archs.append(arch)
         sources.append(path)
     checkpoint.check_writable(args.out)
-    data = load_dataset(args.dataset, args.data_root, args.val_size, args.seed, device)
+    data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, device)
     ens = SoftVotingEnsemble(members, archs)
     report = {"dataset": args.dataset, "members": {}, "teacher": None}
     tpath = paths.teacher_path(args.dataset, args.teacher_model, args.teacher_tag)

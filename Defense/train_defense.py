@@ -63,12 +63,13 @@ def main(argv):
     info = dataset_info(args.dataset)
     member = create_model(args.defense_model, info.num_classes, info.in_channels).to(device, memory_format=fmt)
     surrogate = create_model(args.attacker_model, info.num_classes, info.in_channels).to(device, memory_format=fmt)
-    teacher, _ = checkpoint.load_classifier(args.teacher_path, args.teacher_model, info, "teacher.sh / Defense/train_teacher.py")
+    teacher, tck = checkpoint.load_classifier(args.teacher_path, args.teacher_model, info, "teacher.sh / Defense/train_teacher.py")
+    checkpoint.check_split(tck, args.teacher_path, args.split_seed)
     teacher = teacher.to(device, memory_format=fmt).eval()
     checkpoint.check_writable(args.out)
     if already_done(args.out, args.resume):
         return
-    data = load_dataset(args.dataset, args.data_root, args.val_size, args.seed, device)
+    data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, device)
 
     steps = num_batches(len(data.train), args.batch_size)
     opt_m = make_optimizer("sgd", member.parameters(), args.lr_defense, args.momentum, args.weight_decay)

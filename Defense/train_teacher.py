@@ -65,7 +65,7 @@ def main(argv):
     checkpoint.check_writable(args.out)
     if already_done(args.out, args.resume):
         return
-    data = load_dataset(args.dataset, args.data_root, args.val_size, args.seed, device)
+    data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, device)
     model = model.to(device, memory_format=fmt)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = num_batches(len(data.train), args.batch_size)

@@ -67,6 +67,22 @@ def check(ckpt, path, kind=None, arch=None, num_classes=None, in_channels=None, 
     return ckpt
 
 
+def split_seed_of(ck):
+    """The train/validation split seed a checkpoint was trained with (before --split_seed existed: --seed)."""
+    args = ck.get("args") or {}
+    return args.get("split_seed", args.get("seed", ck.get("seed")))
+
+
+def check_split(ck, path, split_seed):
+    """Refuse a model trained on another train/validation split: its training images would be validation
+    images here. A checkpoint that records no seed at all is taken as it is."""
+    theirs = split_seed_of(ck)
+    if theirs is not None and theirs != split_seed:
+        raise UserError(f"checkpoint {path} was trained with split seed {theirs}, this run uses --split_seed "
+                        f"{split_seed}; one comparison keeps one split")
+    return ck
+
+
 def rng_snapshot(*generators):
     """The global torch RNG (and CUDA's) plus the given torch.Generators, as tensors."""
     snap = {"torch": torch.get_rng_state(), "gens": [g.get_state() for g in generators]}

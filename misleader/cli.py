@@ -26,6 +26,9 @@ def add_common(p, seed_default=0):
     p.add_argument("--val_size", type=int, default=None,
                    help="images carved from the training set for validation (default 5000; 1000 for synthetic)")
     p.add_argument("--seed", type=int, default=seed_default, help="seed for weights, data order and augmentation")
+    p.add_argument("--split_seed", type=int, default=0,
+                   help="seed of the train/validation split; keep it fixed across a comparison (teacher, members, "
+                        "attacks) so that no model's validation images are another's training images")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"],
                    help="mixed precision: auto = bf16 on CUDA, fp32 on CPU; bf16 forces it (slow on CPUs without AMX)")

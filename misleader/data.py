@@ -254,7 +254,8 @@ def _to_split(x_uint8, y, device):
 
 
 def load_dataset(name, data_root="data", val_size=None, seed=0, device="cpu"):
-    """Load a registered dataset onto ``device`` with a seeded validation split carved from train."""
+    """Load a registered dataset onto ``device`` with a validation split carved from train by ``seed`` (the
+    entry points' --split_seed, fixed across a comparison)."""
     info = dataset_info(name)
     if name.startswith("synthetic"):
         ch = info.in_channels

@@ -5,8 +5,13 @@ Per clean batch x (images in [0, 1]):
      minimise KL(softmax(member(xa)).detach() || softmax(surrogate(xa)));
   2. one member step on x and another fresh proxy batch xa:
      minimise KD(member(x), teacher(x), y; T, alpha) - lambda * KL(softmax(member(xa)) || softmax(surrogate(xa))).
-Both steps clip the gradient norm at 5.
+Both steps clip the gradient norm at 5. BatchNorm running statistics: the member's move only on its clean
+batch, never on a proxy batch (its test-time statistics are those of clean data); the surrogate's move only in
+its own training step, on the proxy data a real attacker would train on. Every other forward pass normalises
+with its batch's statistics and leaves the running ones as they are.
 """
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +20,21 @@ from misleader.losses import member_loss, surrogate_loss
 from misleader.runtime import autocast
 
 CLIP = 5.0
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(*models):
+    """Forward passes inside use batch statistics (as in training) but leave BatchNorm running statistics
+    and counters untouched."""
+    bns = [m for model in models for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+           and m.track_running_stats]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
 
 
 class DefenseStep:
@@ -31,7 +51,7 @@ class DefenseStep:
 
     def surrogate_step(self, x):
         xa = self.aug.proxy(x)
-        with torch.no_grad():
+        with torch.no_grad(), frozen_bn_stats(self.member):
             target = self._fwd(self.member, xa)
         loss = surrogate_loss(target, self._fwd(self.surrogate, xa))
         self.opt_s.zero_grad(set_to_none=True)
@@ -42,11 +62,13 @@ class DefenseStep:
 
     def member_step(self, x, y):
         xc, xa = self.aug.clean(x), self.aug.proxy(x)
-        with torch.no_grad():
+        with torch.no_grad(), frozen_bn_stats(self.surrogate):
             t_out = self._fwd(self.teacher, xc)
             s_out = self._fwd(self.surrogate, xa)
-        total, kd, attack = member_loss(self._fwd(self.member, xc), t_out, y, self._fwd(self.member, xa), s_out,
-                                        self.T, self.alpha, self.lambda_)
+        m_clean = self._fwd(self.member, xc)  # the only pass that moves the member's running statistics
+        with frozen_bn_stats(self.member):
+            m_proxy = self._fwd(self.member, xa)
+        total, kd, attack = member_loss(m_clean, t_out, y, m_proxy, s_out, self.T, self.alpha, self.lambda_)
         self.opt_m.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(self.member.parameters(), CLIP)

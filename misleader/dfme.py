@@ -5,6 +5,7 @@ student steps (the student imitates the victim's recovered logits on fresh gener
 The attack holds nothing but the BlackBox; evaluation of the clone happens in a callback.
 """
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -13,6 +14,7 @@ import torch
 from misleader import zoo
 from misleader.errors import UserError
 from misleader.losses import per_sample_disagreement, student_loss
+from misleader.models import Generator, create_model
 from misleader.runtime import autocast
 from misleader.victim import logits_from_probs
 
@@ -31,7 +33,7 @@ class DFMEConfig:
     grad_epsilon: float = 1e-3
     loss: str = "l1"
     scheduler: str = "multistep"
-    steps: tuple = (0.1, 0.3, 0.5)
+    steps: tuple = (0.5, 0.8)  # DFME's 2M-query schedule; design.md's CIFAR runs use 0.1 0.3 0.5
     scale: float = 0.3
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -63,14 +65,15 @@ class DFMEConfig:
             raise UserError(f"--loss must be l1 or kl, got {self.loss}")
         if self.query_range not in ("tanh", "data"):
             raise UserError(f"--query_range must be tanh or data, got {self.query_range}")
+        if self.g_optimizer not in ("adam", "sgd"):
+            raise UserError(f"--g_optimizer must be adam or sgd, got {self.g_optimizer}")
         if self.scheduler not in ("multistep", "cosine", "none"):
             raise UserError(f"--scheduler must be multistep, cosine or none, got {self.scheduler}")
 
 
-def maze_preset(cfg):
-    """MAZE's settings on top of DFME's: KL loss, batch 128, 10 directions, SGD generator at 1e-4, cosine."""
-    cfg.loss, cfg.batch_size, cfg.grad_m, cfg.lr_G, cfg.g_optimizer, cfg.scheduler = "kl", 128, 10, 1e-4, "sgd", "cosine"
-    return cfg
+# MAZE's settings on top of DFME's: KL loss, batch 128, 10 directions, SGD generator (momentum 0.9, weight decay
+# 5e-4, as DFME's MAZE mode) at 1e-4, cosine schedule. The entry point applies them as defaults: flags win.
+MAZE_PRESET = {"loss": "kl", "batch_size": 128, "grad_m": 10, "lr_G": 1e-4, "g_optimizer": "sgd", "scheduler": "cosine"}
 
 
 def query_map(query_range, mean, std):
@@ -86,13 +89,42 @@ def query_map(query_range, mean, std):
     return 0.5 / std, (0.5 - mean) / std
 
 
-def _scheduler(cfg, opt, epochs):
+def settings_text(cfg, **extra):
+    """The attack's defining settings as one 'key=value ...' string (results.csv's settings column): every
+    DFMEConfig field except those with columns of their own (query_budget, probs_as_logits, query_range)."""
+    fields = {k: v for k, v in asdict(cfg).items() if k not in ("query_budget", "probs_as_logits", "query_range")}
+    fields.update(extra)
+    return " ".join(f"{k}={','.join(f'{x:g}' for x in v) if isinstance(v, (tuple, list)) else v}"
+                    for k, v in fields.items())
+
+
+def attacker_models(student_arch, num_classes, in_channels, nz, ngf, seed):
+    """Student and generator initialised from their own RNG seeded with ``seed``, whatever the caller did to
+    the global RNG before (building a victim draws from it): paired seeds start every victim's attack from
+    the same weights. The global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student = create_model(student_arch, num_classes, in_channels)
+        generator = Generator(nz=nz, ngf=ngf, nc=in_channels)
+    return student, generator
+
+
+def milestones(cfg, epochs):
+    """DFME's multistep milestones: int(step * epochs) for each step (0 included)."""
+    return [int(st * epochs) for st in cfg.steps]
+
+
+def lr_factor(cfg, epoch, epochs):
+    """The factor on both base learning rates while epoch ``epoch`` (counted from 1) trains.
+
+    DFME steps its schedulers at the *start* of every epoch, so epoch e trains at
+    lr * scale^(number of milestones <= e) (a milestone at 0 starts decayed), and with the cosine
+    schedule at lr * (1 + cos(pi * e / epochs)) / 2."""
     if cfg.scheduler == "multistep":
-        # milestones at fractions of the epochs, never at epoch 0 (which would lower the rate from the start)
-        return torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, int(s * epochs)) for s in cfg.steps], cfg.scale)
+        return cfg.scale ** sum(m <= epoch for m in milestones(cfg, epochs))
     if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+        return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    return 1.0
 
 
 class DFME:
@@ -111,12 +143,12 @@ class DFME:
         self.opt_S = torch.optim.SGD(student.parameters(), lr=cfg.lr_S, momentum=cfg.momentum,
                                      weight_decay=cfg.weight_decay)
         if cfg.g_optimizer == "sgd":
-            self.opt_G = torch.optim.SGD(generator.parameters(), lr=cfg.lr_G, momentum=cfg.momentum)
+            self.opt_G = torch.optim.SGD(generator.parameters(), lr=cfg.lr_G, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
         else:
             self.opt_G = torch.optim.Adam(generator.parameters(), lr=cfg.lr_G)
-        self.sched_S = _scheduler(cfg, self.opt_S, cfg.epochs)
-        self.sched_G = _scheduler(cfg, self.opt_G, cfg.epochs)
         self.rng = torch.Generator(device=device).manual_seed(seed)
+        self.set_lr(1)
         self.epoch, self.itr = 0, 0  # completed epochs, completed iterations within the current epoch
         self.best_acc = -1.0
         self.last = {}
@@ -144,20 +176,31 @@ class DFME:
             x = self.generator(z, pre_x=pre_x).float()
         return x.contiguous(memory_format=self.fmt) if pre_x else self.to_query(x)
 
-    def generator_step(self):
+    def generator_gradient(self, x_pre, u):
+        """DFME's zeroth-order estimate of d(-disagreement)/d x_pre, the gradient sent back into G.
+
+        Per sample: d/eps * mean_m[(L(x + eps*u_m) - L(x)) * u_m] with L the negative per-sample disagreement
+        at tanh(.); in l1 mode DFME then divides by (num_classes * N), in kl mode it does not.
+        Returns (gradient, L at x_pre)."""
         cfg = self.cfg
-        self.student.eval()
-        x_pre = self.sample(grad=True, pre_x=True)
 
         def loss_at(points):  # what the generator maximises, per point; float32 throughout
             x = self.to_query(torch.tanh(points))
             return -per_sample_disagreement(self.student(x).float(), self.victim_logits(x), cfg.loss)
 
+        grad, loss = zoo.forward_difference(loss_at, x_pre, cfg.grad_m, cfg.grad_epsilon, u)
+        if cfg.loss == "l1":
+            grad = grad / (self.num_classes * x_pre.shape[0])
+        return grad, loss
+
+    def generator_step(self):
+        cfg = self.cfg
+        self.student.eval()
+        x_pre = self.sample(grad=True, pre_x=True)
         u = zoo.unit_directions(x_pre.shape[0], cfg.grad_m, x_pre.shape[1:], self.device, self.rng)
-        grad, loss = zoo.forward_difference(loss_at, x_pre.detach().float(), cfg.grad_m, cfg.grad_epsilon, u)
-        grad = grad / self.num_classes  # DFME's scaling; Adam makes the overall scale nearly irrelevant
+        grad, loss = self.generator_gradient(x_pre.detach().float(), u)
         self.opt_G.zero_grad(set_to_none=True)
-        x_pre.backward(grad)
+        x_pre.backward(grad.to(x_pre.dtype))
         self.opt_G.step()
         self.student.train()
         return loss.mean().item()
@@ -181,6 +224,11 @@ class DFME:
         self.itr += 1
         return g_loss, s_loss
 
+    def set_lr(self, epoch):
+        """Both learning rates for epoch ``epoch`` (counted from 1), by ``lr_factor``."""
+        f = lr_factor(self.cfg, epoch, self.cfg.epochs)
+        self.opt_S.param_groups[0]["lr"], self.opt_G.param_groups[0]["lr"] = self.cfg.lr_S * f, self.cfg.lr_G * f
+
     def can_continue(self):
         return self.victim.left >= self.cfg.cost_per_iteration and self.epoch < self.cfg.epochs
 
@@ -196,6 +244,7 @@ class DFME:
     def _run(self, on_epoch, on_iteration, progress):
         cfg, done = self.cfg, 0
         while self.can_continue():
+            self.set_lr(self.epoch + 1)  # DFME's schedule: decided at the start of the epoch
             sums = self.sums
             if sums["n"] == 0:
                 sums["used0"] = self.victim.used
@@ -216,8 +265,6 @@ class DFME:
                          "queries_used": self.victim.used,
                          "queries_per_s": (self.victim.used - sums["used0"]) / max(sums["secs"], 1e-9)}
             self.sums = {"g": 0.0, "s": 0.0, "n": 0, "used0": self.victim.used, "secs": 0.0}
-            self.sched_S.step()
-            self.sched_G.step()
             if on_epoch is not None:
                 on_epoch(self, self.last)
         return done
@@ -226,7 +273,6 @@ class DFME:
     def state_dict(self):
         return {"student": self.student.state_dict(), "generator": self.generator.state_dict(),
                 "opt_S": self.opt_S.state_dict(), "opt_G": self.opt_G.state_dict(),
-                "sched_S": self.sched_S.state_dict(), "sched_G": self.sched_G.state_dict(),
                 "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(), "epoch": self.epoch,
                 "itr": self.itr, "best_acc": self.best_acc, "queries_used": self.victim.used, "sums": dict(self.sums),
                 "wall_s": self.wall_s(),
@@ -237,8 +283,6 @@ class DFME:
         self.generator.load_state_dict(st["generator"])
         self.opt_S.load_state_dict(st["opt_S"])
         self.opt_G.load_state_dict(st["opt_G"])
-        self.sched_S.load_state_dict(st["sched_S"])
-        self.sched_G.load_state_dict(st["sched_G"])
         self.rng.set_state(st["rng"])
         torch.set_rng_state(st["torch_rng"])
         self.epoch, self.itr, self.best_acc = st["epoch"], st["itr"], st["best_acc"]

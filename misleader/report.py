@@ -20,8 +20,12 @@ from misleader.errors import UserError
 # What the report reads; verify also needs the checkpoints.
 REPORT_COLUMNS = ["dataset", "victim_acc", "query_budget", "queries_used", "clone_acc", "clone_best_acc", "fidelity",
                   "seed", "probs_as_logits", "label", "run_dir"]
-VERIFY_COLUMNS = ["dataset", "victim_acc", "clone_acc", "fidelity", "seed", "victim_path", "attack_path"]
-VERIFIED_FIELDS = ("victim_acc", "clone_acc", "fidelity")
+VERIFY_COLUMNS = ["dataset", "victim_acc", "clone_acc", "fidelity", "queries_used", "seed", "victim_path",
+                  "attack_path"]
+# Recomputed from the checkpoints: the three accuracies from the saved clone and victim on the test set, and
+# the query count from the attack checkpoint's own record. clone_best_acc (a maximum over per-epoch test
+# accuracies) and wall_s cannot be recomputed from a checkpoint and are not checked.
+VERIFIED_FIELDS = ("victim_acc", "clone_acc", "fidelity", "queries_used")
 PLOT_FILES = ("clone_vs_queries.png", "utility_vs_protection.png")
 
 
@@ -68,22 +72,48 @@ def _flag(row, col):
         return False
 
 
+# What defines an experiment: rows that agree on all of these are seeds of one experiment; nothing else is averaged.
+GROUP_FIELDS = ("config", "dataset", "label", "attack", "student_model", "query_budget", "query_range", "settings",
+                "probs_as_logits")
+
+
 def group_key(row):
-    """(dataset, label, probs_as_logits, query_range): the rows of one victim attacked one way."""
-    label = row.get("label") or row.get("victim") or "?"
-    return row.get("dataset") or "", label, _flag(row, "probs_as_logits"), row.get("query_range") or "tanh"
+    """The experiment a row belongs to: its values of GROUP_FIELDS (the seed is the only thing that varies)."""
+    key = {f: (row.get(f) or "") for f in GROUP_FIELDS}
+    key["label"] = key["label"] or row.get("victim") or "?"
+    key["query_range"] = key["query_range"] or "tanh"
+    key["probs_as_logits"] = _flag(row, "probs_as_logits")
+    return tuple(key[f] for f in GROUP_FIELDS)
+
+
+def _settings_diff(texts):
+    """{settings text: the 'key=value' items of it that not every text in ``texts`` shares}."""
+    items = {t: t.split() for t in texts}
+    common = set.intersection(*(set(v) for v in items.values())) if items else set()
+    return {t: " ".join(x for x in v if x not in common) or "default" for t, v in items.items()}
 
 
 def _display_names(keys):
-    """label, plus ' (probs_as_logits)' for those runs; where names collide, the dataset and then the
-    query range are added, each only when it tells the colliding groups apart."""
-    names = {k: k[1] + (" (probs_as_logits)" if k[2] else "") for k in keys}
-    for field, add in ((0, "{} [{}]"), (3, "{} (query_range {})")):
+    """label, plus ' (probs_as_logits)' for those runs; where names collide, each further field of the key is
+    added in GROUP_FIELDS order, only when it tells the colliding groups apart (settings: only the items that
+    differ)."""
+    ix = {f: i for i, f in enumerate(GROUP_FIELDS)}
+    names = {k: k[ix["label"]] + (" (probs_as_logits)" if k[ix["probs_as_logits"]] else "") for k in keys}
+    formats = {"config": "{} [config {}]", "dataset": "{} [{}]", "attack": "{} ({})", "student_model": "{} (student {})",
+               "query_budget": "{} ({} queries)", "query_range": "{} (query_range {})", "settings": "{} ({})"}
+    for field, fmt in formats.items():
         same = {}
         for k, n in names.items():
             same.setdefault(n, []).append(k)
-        names = {k: (add.format(n, k[field]) if len({c[field] for c in same[n]}) > 1 else n)
-                 for k, n in names.items()}
+        new = {}
+        for n, ks in same.items():
+            values = {k[ix[field]] for k in ks}
+            if len(values) < 2:
+                new.update({k: n for k in ks})
+                continue
+            diff = _settings_diff(values) if field == "settings" else {v: v for v in values}
+            new.update({k: fmt.format(n, diff[k[ix[field]]] or "-") for k in ks})
+        names = new
     return names
 
 
@@ -119,9 +149,11 @@ def summarize(rows):
         col = {c: [_num(r, c, i) for i, r in members]
                for c in ("victim_acc", "clone_acc", "clone_best_acc", "fidelity", "queries_used")}
         budgets = sorted({_num(r, "query_budget", i, int) for i, r in members})
+        k = dict(zip(GROUP_FIELDS, key))
         out.append({
-            "victim": names[key], "dataset": key[0], "label": key[1], "probs_as_logits": int(key[2]),
-            "query_range": key[3],
+            "victim": names[key], "dataset": k["dataset"], "label": k["label"],
+            "probs_as_logits": int(k["probs_as_logits"]), "query_range": k["query_range"], "config": k["config"],
+            "attack": k["attack"], "settings": k["settings"],
             "victim_acc": _mean(col["victim_acc"]),
             "clone_acc_mean": _mean(col["clone_acc"]), "clone_acc_std": _std(col["clone_acc"]),
             "clone_best_mean": _mean(col["clone_best_acc"]), "fidelity_mean": _mean(col["fidelity"]),
@@ -188,7 +220,7 @@ def _budget_text(b):
 
 
 def _table(summary):
-    head = ["victim", "victim test acc (%)", "clone acc (%, mean ± std over seeds)", "best clone acc (%)", "fidelity (%)",
+    head = ["victim", "victim test acc (%)", "clone acc (%, mean ± std over seeds)", "best clone acc (%, max over epochs; not recomputed)", "fidelity (%)",
             "queries used / budget", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 5 + ["---"]) + "|"]
     for s in summary:
@@ -323,10 +355,11 @@ def write_report(csv_path, out_dir, config=None):
 # ----------------------------------------------------------------------------- verification
 
 def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5):
-    """Recompute victim_acc, clone_acc and fidelity of every row from its checkpoints.
+    """Recompute victim_acc, clone_acc and fidelity of every row from its checkpoints, and read queries_used
+    from the attack checkpoint.
 
-    Returns [(row index, field, csv value, recomputed value, ok), ...]; the recomputed value is rounded to
-    the CSV's 4 decimals before the comparison |recomputed - csv| <= tolerance. The row index counts the
+    Returns [(row index, field, csv value, recomputed value, ok), ...]; an accuracy is rounded to the CSV's
+    4 decimals before the comparison |recomputed - csv| <= tolerance; the query count must be equal. The row index counts the
     data rows of the CSV (after the --config filter when one is given).
     """
     import torch
@@ -378,15 +411,24 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
         pred = predict(student, test_x, amp=amp).argmax(1)
         recomputed = {"victim_acc": (victim_pred == y).float().mean().item(),
                       "clone_acc": (pred == y).float().mean().item(),
-                      "fidelity": (pred == victim_pred).float().mean().item()}
+                      "fidelity": (pred == victim_pred).float().mean().item(),
+                      "queries_used": (ck.get("metrics") or {}).get("queries_used", float("nan"))}
         del student
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         for field in VERIFIED_FIELDS:
             csv_value = _num(r, field, i)
+            if field == "queries_used":
+                value = float(recomputed[field])
+                out.append((i, field, csv_value, value, value == csv_value))
+                continue
             value = float(f"{recomputed[field]:.4f}")
             out.append((i, field, csv_value, value, abs(value - csv_value) <= tolerance))
     return out
+
+
+def _val(field, v):
+    return f"{v:.0f}" if field == "queries_used" else f"{v:.4f}"
 
 
 def format_verify(rows, results):
@@ -400,9 +442,9 @@ def format_verify(rows, results):
         who = f"row {i} {r['dataset']} {r.get('label') or r.get('victim', '')} seed {r['seed']}"
         bad = [c for c in checks if not c[3]]
         if bad:
-            lines.append(f"{who}: MISMATCH " + ", ".join(f"{f} csv {c:.4f} recomputed {v:.4f}" for f, c, v, _ in bad))
+            lines.append(f"{who}: MISMATCH " + ", ".join(f"{f} csv {_val(f, c)} recomputed {_val(f, v)}" for f, c, v, _ in bad))
         else:
-            lines.append(f"{who}: OK " + ", ".join(f"{f} {v:.4f}" for f, _, v, _ in checks))
+            lines.append(f"{who}: OK " + ", ".join(f"{f} {_val(f, v)}" for f, _, v, _ in checks))
     return lines
 
 

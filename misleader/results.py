@@ -7,9 +7,9 @@ from misleader.errors import UserError
 
 COLUMNS = ["dataset", "victim", "victim_acc", "attack", "student_model", "query_budget", "queries_used", "clone_acc",
            "clone_best_acc", "fidelity", "seed", "probs_as_logits", "label", "config", "victim_path", "run_dir",
-           "attack_path", "wall_s", "git_commit", "date", "query_range"]
-# What a column added later meant for the rows written before it existed.
-EARLIER_VALUES = {"query_range": "tanh"}
+           "attack_path", "wall_s", "git_commit", "date", "query_range", "settings"]
+# What a column added later meant for the rows written before it existed ("" for settings: not recorded).
+EARLIER_VALUES = {"query_range": "tanh", "settings": ""}
 
 
 def append_row(path, row):

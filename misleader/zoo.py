@@ -17,16 +17,16 @@ def unit_directions(n, m, shape, device, generator=None):
 
 @torch.no_grad()
 def forward_difference(loss_fn, x, m, eps, directions=None):
-    """Estimate d/dx of mean_i loss_fn(x)_i for x of shape (N, *S).
+    """Estimate, per sample, d loss_fn(x)_i / d x_i for x of shape (N, *S).
 
     loss_fn maps a batch (K, *S) to per-sample losses (K,); it is called once on all N*(m+1) points.
-    Returns (grad_estimate (N, *S), loss at x (N,)). The estimate is of the gradient of the batch mean,
-    so it carries a 1/N factor."""
+    Returns (grad_estimate (N, *S), loss at x (N,)): row i estimates the gradient of loss_fn(x)_i with respect
+    to x_i, d/eps * mean_m[(loss(x_i + eps*u_im) - loss(x_i)) * u_im] (DFME's rule, before any rescaling)."""
     n, shape = x.shape[0], x.shape[1:]
     d = x[0].numel()
     u = unit_directions(n, m, shape, x.device) if directions is None else directions
     points = torch.cat([x[:, None] + eps * u, x[:, None]], 1).flatten(0, 1)  # (N*(m+1), *S)
     losses = loss_fn(points).float().view(n, m + 1)
     diffs = losses[:, :m] - losses[:, m:]  # (N, m)
-    grad = (diffs.view(n, m, *([1] * len(shape))) * u).mean(1) * (d / eps) / n
+    grad = (diffs.view(n, m, *([1] * len(shape))) * u).mean(1) * (d / eps)
     return grad, losses[:, m]

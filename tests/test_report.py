@@ -147,7 +147,7 @@ def _verify_case(tmp_path):
     checkpoint.save(vpath, checkpoint.classifier_payload(victim, "lenet5", "synthetic", info.num_classes,
                                                          info.in_channels))
     attack = checkpoint.classifier_payload(clone, "lenet5", "synthetic", info.num_classes, info.in_channels,
-                                           kind="attack", seed=3)
+                                           metrics={"queries_used": 199808}, kind="attack", seed=3)
     attack["victim_path"] = vpath
     checkpoint.save(apath, attack)
 
@@ -167,14 +167,17 @@ def test_verify_ok_then_mismatch(tmp_path, capsys):
     row, truth = _verify_case(tmp_path)
     good = _write_csv(tmp_path / "good.csv", [row])
     res = report.verify(good, device="cpu")
-    assert {(f, ok) for _, f, _, _, ok in res} == {("victim_acc", True), ("clone_acc", True), ("fidelity", True)}
+    assert {(f, ok) for _, f, _, _, ok in res} == {("victim_acc", True), ("clone_acc", True), ("fidelity", True),
+                                                    ("queries_used", True)}
+    truth["queries_used"] = 199808
     assert all(i == 0 and v == pytest.approx(truth[f], abs=5e-5) for i, f, _, v, _ in res)
 
     bad_value = round(truth["clone_acc"] + 0.01, 4)
-    bad = _write_csv(tmp_path / "bad.csv", [row, dict(row, clone_acc=f"{bad_value:.4f}")])
+    bad = _write_csv(tmp_path / "bad.csv", [row, dict(row, clone_acc=f"{bad_value:.4f}"),
+                                            dict(row, queries_used=199807)])  # the checkpoint says 199808
     res = report.verify(bad, device="cpu")
     wrong = [(i, f, c) for i, f, c, _, ok in res if not ok]
-    assert wrong == [(1, "clone_acc", pytest.approx(bad_value))]
+    assert wrong == [(1, "clone_acc", pytest.approx(bad_value)), (2, "queries_used", 199807)]
 
     # the command line: one line per row, exit code 1 on a mismatch
     capsys.readouterr()
@@ -184,6 +187,7 @@ def test_verify_ok_then_mismatch(tmp_path, capsys):
     assert e.value.code == 1
     assert lines[0].startswith("row 0 ") and ": OK" in lines[0]
     assert lines[1].startswith("row 1 ") and "MISMATCH clone_acc" in lines[1]
+    assert lines[2].startswith("row 2 ") and "MISMATCH queries_used csv 199807 recomputed 199808" in lines[2]
 
 
 def test_verify_missing_checkpoint(tmp_path):
@@ -218,7 +222,7 @@ def test_query_range_rows_are_their_own_victim_named_only_where_needed(tmp_path)
     assert [g["victim"] for g in s] == ["teacher [fashionmnist] (query_range tanh)",
                                         "teacher [fashionmnist] (query_range data)", "misleader", "teacher [mnist]"]
     # a CSV from before the column existed: every row is a tanh-range run
-    old = [c for c in COLUMNS if c != "query_range"]
+    old = COLUMNS[:COLUMNS.index("query_range")]
     s = report.summarize(report.load_results(_write_csv(tmp_path / "old.csv", rows[:1], old)))
     assert s[0]["victim"] == "teacher" and s[0]["query_range"] == "tanh"
 
@@ -226,7 +230,7 @@ def test_query_range_rows_are_their_own_victim_named_only_where_needed(tmp_path)
 def test_append_row_adds_a_new_column_to_an_older_file(tmp_path):
     from misleader.results import append_row, read_rows
 
-    old = [c for c in COLUMNS if c != "query_range"]
+    old = COLUMNS[:COLUMNS.index("query_range")]
     path = _write_csv(tmp_path / "results.csv", [_row(seed=0, clone_acc="0.5")], old)
     append_row(path, _row(seed=1, clone_acc="0.6", query_range="data"))
     with open(path) as f:
@@ -240,3 +244,27 @@ def test_append_row_adds_a_new_column_to_an_older_file(tmp_path):
     with pytest.raises(UserError, match="something_else"):
         append_row(alien, _row(seed=1))
     assert open(alien).read() == before
+
+
+def test_rows_of_different_experiments_are_never_averaged(tmp_path):
+    """Two configs and two attacks against one victim: four experiments, four rows; seeds alone are averaged."""
+    rows = []
+    for config, attack, settings, acc in [("fashionmnist", "dfme", "steps=0.5,0.8", "0.8000"),
+                                          ("fashionmnist_design", "dfme", "steps=0.1,0.3,0.5", "0.6000"),
+                                          ("fashionmnist", "maze", "steps=0.5,0.8 loss=kl", "0.4000"),
+                                          ("fashionmnist", "dfme", "steps=0.5,0.8", "0.7000")]:
+        rows.append(_row(label="teacher", config=config, attack=attack, settings=settings, seed=len(rows),
+                         clone_acc=acc, clone_best_acc=acc, fidelity=acc, victim_acc="0.9000"))
+    rows.append(_row(label="teacher", config="fashionmnist", attack="dfme", settings="steps=0.5,0.8", seed=9,
+                     query_budget=1000000, clone_acc="0.1000", clone_best_acc="0.1", fidelity="0.1", victim_acc="0.9"))
+    s = report.summarize(report.load_results(_write_csv(tmp_path / "r.csv", rows)))
+    assert [(g["n_seeds"], g["clone_acc_mean"]) for g in s] == [
+        (2, pytest.approx(0.75)), (1, pytest.approx(0.6)), (1, pytest.approx(0.4)), (1, pytest.approx(0.1))]
+    names = [g["victim"] for g in s]
+    assert len(set(names)) == 4
+    assert names[1] == "teacher [config fashionmnist_design]"
+    assert names[2] == "teacher [config fashionmnist] (maze)"
+    assert names[3] == "teacher [config fashionmnist] (dfme) (1000000 queries)"
+    md = report.write_report(_write_csv(tmp_path / "r2.csv", rows), str(tmp_path / "out"))[0]
+    table = [line for line in open(md).read().splitlines() if line.startswith("| teacher")]
+    assert len(table) == 4
