@@ -15,7 +15,7 @@ from misleader.cli import Parser, add_common, main_wrapper  # noqa: E402
 from misleader.data import dataset_info, load_dataset  # noqa: E402
 from misleader.ensemble import SoftVotingEnsemble, ensemble_payload  # noqa: E402
 from misleader.runtime import amp_dtype, pick_device  # noqa: E402
-from misleader.train import accuracy  # noqa: E402
+from misleader.evaluate import accuracy  # noqa: E402
 
 
 def parse(argv):

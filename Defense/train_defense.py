@@ -15,12 +15,13 @@ import torch  # noqa: E402
 from misleader import checkpoint, paths  # noqa: E402
 from misleader.cli import Parser, add_common, add_run_flags, main_wrapper  # noqa: E402
 from misleader.data import Augment, dataset_info, load_dataset, num_batches  # noqa: E402
-from misleader.loop import EpochLoop, already_done  # noqa: E402
+from misleader.loop import EpochLoop, RunState  # noqa: E402
 from misleader.defense import DefenseStep  # noqa: E402
 from misleader.models import create_model  # noqa: E402
 from misleader.runlog import RunLog  # noqa: E402
 from misleader.runtime import setup  # noqa: E402
-from misleader.train import accuracy, check_finite, make_optimizer, make_scheduler  # noqa: E402
+from misleader.evaluate import accuracy  # noqa: E402
+from misleader.train import check_finite, make_optimizer, make_scheduler  # noqa: E402
 
 
 def parse(argv):
@@ -66,8 +67,8 @@ def main(argv):
     teacher, tck = checkpoint.load_classifier(args.teacher_path, args.teacher_model, info, "teacher.sh / Defense/train_teacher.py")
     checkpoint.check_split(tck, args.teacher_path, args.split_seed)
     teacher = teacher.to(device, memory_format=fmt).eval()
-    checkpoint.check_writable(args.out)
-    if already_done(args.out, args.resume):
+    run = RunState(args.out, "defense-state", args.defense_model, args)
+    if run.already_done():
         return
     data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, device)
 
@@ -79,10 +80,10 @@ def main(argv):
     aug = Augment(data, seed=args.seed + 1)
     trainer = DefenseStep(member, surrogate, teacher, aug, opt_m, opt_s, args.T, args.alpha, args.lambda_,
                           args.a_iter, device, amp, fmt)
-    loop = EpochLoop("defense-state", args.defense_model, checkpoint.state_path(args.out), member,
+    loop = EpochLoop(run, member,
                      {"member": member, "surrogate": surrogate, "opt_m": opt_m, "opt_s": opt_s, "sch_m": sch_m,
-                      "sch_s": sch_s}, aug.g, torch.Generator().manual_seed(args.seed), args.save_every_min)
-    resumed = bool(args.resume) and loop.resume()
+                      "sch_s": sch_s}, aug.g, torch.Generator().manual_seed(args.seed))
+    resumed = loop.resume()
     run_name = args.run_name or f"{args.dataset}-{args.defense_model}{'-' + args.tag if args.tag else ''}-seed{args.seed}"
     log = RunLog(args.log_dir, "defense", run_name, vars(args), resume_step=loop.epoch if resumed else None)
     print(f"member {args.defense_model} (surrogate {args.attacker_model}, teacher {args.teacher_model}) on "

@@ -11,13 +11,14 @@ import torch.nn.functional as F  # noqa: E402
 from misleader import checkpoint, paths  # noqa: E402
 from misleader.cli import Parser, add_common, add_run_flags, main_wrapper  # noqa: E402
 from misleader.data import Augment, dataset_info, load_dataset, num_batches  # noqa: E402
-from misleader.loop import EpochLoop, already_done  # noqa: E402
-from misleader.models import create_model  # noqa: E402
+from misleader.loop import EpochLoop, RunState  # noqa: E402
+from misleader.models import MODEL_NAMES, create_model  # noqa: E402
 from misleader.runlog import RunLog  # noqa: E402
 from misleader.runtime import autocast, setup  # noqa: E402
-from misleader.train import accuracy, make_optimizer, make_scheduler  # noqa: E402
+from misleader.evaluate import accuracy  # noqa: E402
+from misleader.train import make_optimizer, make_scheduler  # noqa: E402
 
-# design.md defaults per dataset family: (optimizer, lr, weight decay, batch, epochs, schedule, milestones)
+# the reference defaults per dataset family: (optimizer, lr, weight decay, batch, epochs, schedule, milestones)
 DEFAULTS = {
     "none": ("adam", 1e-3, 0.0, 256, 10, "none", ()),
     "crop_flip": ("sgd", 0.1, 5e-4, 128, 200, "multistep", (80, 120)),
@@ -54,17 +55,19 @@ def parse(argv):
     args.out = args.out or paths.teacher_path(args.dataset, args.model, args.tag)
     if args.epochs < 1 or args.batch_size < 1:
         p.error("--epochs and --batch_size must be positive")
+    if args.model not in MODEL_NAMES:  # before any file is touched
+        p.error(f"unknown model '{args.model}'; valid models: {', '.join(MODEL_NAMES)}")
     return args
 
 
 def main(argv):
     args = parse(argv)
-    device, amp, fmt = setup(args)
     info = dataset_info(args.dataset)
-    model = create_model(args.model, info.num_classes, info.in_channels)  # checks the name before any I/O
-    checkpoint.check_writable(args.out)
-    if already_done(args.out, args.resume):
+    run = RunState(args.out, "teacher-state", args.model, args)
+    if run.already_done():
         return
+    device, amp, fmt = setup(args)
+    model = create_model(args.model, info.num_classes, info.in_channels)  # seeded by setup
     data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, device)
     model = model.to(device, memory_format=fmt)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, weight_decay=args.weight_decay)
@@ -72,10 +75,10 @@ def main(argv):
     scheduler = make_scheduler(args.scheduler, optimizer, args.epochs * steps_per_epoch,
                                [m * steps_per_epoch for m in args.milestones])
     aug = Augment(data, seed=args.seed + 1)
-    loop = EpochLoop("teacher-state", args.model, checkpoint.state_path(args.out), model,
+    loop = EpochLoop(run, model,
                      {"model": model, "optimizer": optimizer, "scheduler": scheduler}, aug.g,
-                     torch.Generator().manual_seed(args.seed), args.save_every_min)
-    resumed = bool(args.resume) and loop.resume()
+                     torch.Generator().manual_seed(args.seed))
+    resumed = loop.resume()
     run_name = args.run_name or f"{args.dataset}-{args.model}{'-' + args.tag if args.tag else ''}-seed{args.seed}"
     log = RunLog(args.log_dir, "teacher", run_name, vars(args), resume_step=loop.epoch if resumed else None)
     print(f"teacher {args.model} on {args.dataset}: {len(data.train)} train / {len(data.val)} val / "

@@ -1,4 +1,4 @@
-# cifar10: the paper's CIFAR-10 settings (design.md). Needs a GPU: hours per stage even there.
+# cifar10: the paper's CIFAR-10 settings. Needs a GPU: hours per stage even there.
 DATASET=cifar10
 TAG=""
 SEEDS=(0)
@@ -19,4 +19,4 @@ A_ITER=1
 STUDENTS=(resnet18_8x)
 QUERY_BUDGET=20
 DFME_BATCH=256
-DFME_ARGS=()
+DFME_ARGS=(--steps 0.1 0.3 0.5)  # DFME's CIFAR-10 schedule

@@ -15,10 +15,14 @@ COMPARE_SEEDS=(0 1 2)  # seeds of the teacher and MISLEADER attacks of compare.s
 DEVICE="${DEVICE:-auto}"     # environment may override: DEVICE=cpu bash test.sh
 VAL_SIZE=""            # empty: the dataset's default (5000; 1000 for synthetic)
 RESUME="${RESUME:-0}"       # RESUME=1 bash test.sh continues killed runs and skips finished ones
-PROGRESS="${PROGRESS:-1}"   # 0 hides the tqdm bars
+PROGRESS="${PROGRESS:-auto}"  # auto: bars on a terminal, plain lines every 30 s in a log file; 1 bars; 0 none
 TEACHER_ARGS=()        # extra flags for Defense/train_teacher.py
 DEFENSE_ARGS=()        # extra flags for Defense/train_defense.py (every member)
 DFME_ARGS=()           # extra flags for DFME/dfme.py (every attack)
+KNOCKOFF_BUDGET=0.02   # Knockoff's query budget in millions of images (0.02 = 20,000)
+KNOCKOFF_POOLS=()      # query pools of test.sh's Knockoff attacks (empty: the config's dataset)
+KNOCKOFF_ARGS=()       # extra flags for DFME/knockoff.py (every attack)
+RESULTS=results/results.csv
 # shellcheck source=/dev/null
 source "configs/${CONFIG}.sh"
 COMMON=(--dataset "$DATASET" --seed "$SEED" --device "$DEVICE" --progress "$PROGRESS")
@@ -28,4 +32,43 @@ TAGARG=()
 ATTACK_TAG="${ATTACK_TAG:-$TAG}"
 ATTACK_TAGARG=()
 [ -n "$ATTACK_TAG" ] && ATTACK_TAGARG=(--tag "$ATTACK_TAG")
+[ ${#KNOCKOFF_POOLS[@]} -eq 0 ] && KNOCKOFF_POOLS=("$DATASET")
+
+# The command line of each stage, once: train.sh, test.sh and compare.sh call these, so a new flag is one edit.
+train_member() {  # arch lambda T alpha attacker tag seed [extra flags...]
+    local arch="$1" lambda="$2" T="$3" alpha="$4" attacker="$5" tag="$6" seed="$7"
+    shift 7
+    python Defense/train_defense.py "${COMMON[@]}" --seed "$seed" ${tag:+--tag "$tag"} ${TAG:+--teacher_tag "$TAG"} \
+        --resume "$RESUME" --teacher_model "$TEACHER_MODEL" --defense_model "$arch" --attacker_model "$attacker" \
+        --lambda_ "$lambda" --T "$T" --alpha "$alpha" --epochs "$DEFENSE_EPOCHS" --batch_size "$DEFENSE_BATCH" \
+        --lr_defense "$LR_DEFENSE" --lr_attacker "$LR_ATTACKER" --a_iter "$A_ITER" "${DEFENSE_ARGS[@]}" "$@"
+}
+build_ensemble() {  # tag member... (each ARCH:TAG)
+    local tag="$1"
+    shift
+    python Defense/ensemble.py "${COMMON[@]}" ${tag:+--tag "$tag"} --teacher_tag "$TAG" \
+        --teacher_model "$TEACHER_MODEL" --members "$@"
+}
+dfme_attack() {  # label seed victim-and-extra-flags...
+    local label="$1" seed="$2"
+    shift 2
+    echo "== DFME: $label, seed $seed"
+    python DFME/dfme.py --dataset "$DATASET" --device "$DEVICE" --progress "$PROGRESS" --resume "$RESUME" \
+        ${VAL_SIZE:+--val_size "$VAL_SIZE"} "${ATTACK_TAGARG[@]}" --seed "$seed" --label "$label" \
+        --teacher_model "$TEACHER_MODEL" --student_model "${STUDENT:-${STUDENTS[0]}}" --query_budget "$QUERY_BUDGET" \
+        --batch_size "$DFME_BATCH" --config "$CONFIG" --results "$RESULTS" "${DFME_ARGS[@]}" "$@"
+}
+knockoff_attack() {  # label seed pool victim-and-extra-flags...
+    local label="$1" seed="$2" pool="$3"
+    shift 3
+    echo "== Knockoff: $label, pool $pool, seed $seed"
+    python DFME/knockoff.py --dataset "$DATASET" --device "$DEVICE" --progress "$PROGRESS" --resume "$RESUME" \
+        ${VAL_SIZE:+--val_size "$VAL_SIZE"} "${ATTACK_TAGARG[@]}" --seed "$seed" --label "$label" \
+        --teacher_model "$TEACHER_MODEL" --student_model "${STUDENT:-${STUDENTS[0]}}" --pool "$pool" \
+        --query_budget "$KNOCKOFF_BUDGET" --config "$CONFIG" --results "$RESULTS" "${KNOCKOFF_ARGS[@]}" "$@"
+}
+victim_flags() {  # teacher | ensemble [tag]: the --victim flags of the config's teacher or an ensemble
+    if [ "$1" = teacher ]; then echo --victim teacher ${TAG:+--teacher_tag "$TAG"}
+    else echo --victim ensemble ${2:+--ensemble_tag "$2"}; fi
+}
 true

@@ -8,7 +8,7 @@ TEACHER_EPOCHS=15
 TEACHER_BATCH=256
 TEACHER_ARGS=(--optimizer adam --lr 2e-3 --scheduler cosine)
 
-# "arch lambda T alpha [attacker_arch]" (the MNIST-like values are unpublished; design.md's starting point)
+# "arch lambda T alpha [attacker_arch]" (the MNIST-like values are unpublished; the reference starting point)
 MEMBERS=("lenet5 0.5 2 0.3" "lenet5half 0.5 2 0.3" "lenet5fifth 0.5 2 0.3")
 DEFENSE_EPOCHS=8          # 5 epochs left the ensemble 3 points under the teacher on validation data
 DEFENSE_BATCH=256

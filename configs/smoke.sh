@@ -2,7 +2,6 @@
 DATASET=synthetic
 TAG=""
 SEEDS=(0)
-PROGRESS=0
 
 TEACHER_MODEL=lenet5
 TEACHER_EPOCHS=3
@@ -21,3 +20,5 @@ STUDENTS=(lenet5)
 QUERY_BUDGET=0.02      # millions
 DFME_BATCH=64
 DFME_ARGS=(--epoch_itrs 10 --ngf 16)
+KNOCKOFF_BUDGET=0.002  # 2,000 pool images
+KNOCKOFF_ARGS=(--epochs 5)

@@ -1,10 +1,12 @@
 """Checkpoints: plain dicts of tensors and primitives, written atomically, read with weights_only=True."""
 
+import importlib.util
 import os
 import pickle
 import tempfile
 
 import torch
+import torch.nn as nn
 
 from misleader.errors import UserError
 
@@ -31,13 +33,21 @@ def save(path, payload):
         raise
 
 
+def payload(kind, arch, **fields):
+    """Every checkpoint and state file this project writes: a plain dict with the format version, its kind and
+    architecture (a list for an ensemble), and the given fields (dataset, num_classes, in_channels,
+    state_dict, metrics, args, seed, flags, ...)."""
+    return {"format": FORMAT, "kind": kind, "arch": arch, **fields}
+
+
+def cpu_state(model):
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def classifier_payload(model, arch, dataset, num_classes, in_channels, metrics=None, args=None, seed=None,
                        kind="classifier"):
-    return {
-        "format": FORMAT, "kind": kind, "arch": arch, "dataset": dataset, "num_classes": num_classes,
-        "in_channels": in_channels, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "metrics": dict(metrics or {}), "args": dict(args or {}), "seed": seed,
-    }
+    return payload(kind, arch, dataset=dataset, num_classes=num_classes, in_channels=in_channels,
+                   state_dict=cpu_state(model), metrics=dict(metrics or {}), args=dict(args or {}), seed=seed)
 
 
 def load(path, made_by=None):
@@ -104,6 +114,37 @@ def state_path(out_path):
     return out_path[:-3] + ".state.pt" if out_path.endswith(".pt") else out_path + ".state.pt"
 
 
+# Flags that change only logging, speed or where files are read and written, not what a run computes: a
+# resumed run may give other values. "out" names the run itself (its state file lies beside it).
+NOT_DEFINING = frozenset({"progress", "save_every_min", "log_dir", "run_name", "device", "amp", "channels_last",
+                          "resume", "data_root", "results", "label", "config", "out"})
+
+
+def run_flags(args):
+    """The flags that define a run, as plain values for its state file."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items() if k not in NOT_DEFINING}
+
+
+def check_flags(state, path, args):
+    """--resume 1: raise a UserError naming the first flag whose value differs from the one the state file at
+    ``path`` was saved with. A state file written before flags were recorded is taken as it is; a flag it does
+    not know (added since) is not compared."""
+    saved = state.get("flags")
+    if saved is None:
+        return
+    for key, now in run_flags(args).items():
+        if key in saved and saved[key] != now:
+            raise UserError(f"{path} was saved by a run with --{key} {_flag_text(saved[key])}, this run has --{key} "
+                            f"{_flag_text(now)}; resume with the flags the run started with, or delete the state "
+                            f"file to start over")
+
+
+def _flag_text(value):
+    if value is None:
+        return "(default)"
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def check_writable(path):
     """Fail before training when the output folder cannot be created or written."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -130,3 +171,85 @@ def build_classifier(ck):
     model = create_model(ck["arch"], ck["num_classes"], ck["in_channels"])
     model.load_state_dict(ck["state_dict"])
     return model
+
+
+# ----------------------------------------------------------------------------- victims
+
+def is_user_model(spec):
+    """True for FILE.py:FUNCTION (a model defined in the user's own Python file)."""
+    file, sep, fn = spec.rpartition(":")
+    return bool(sep) and file.endswith(".py") and fn.isidentifier()
+
+
+def load_user_model(spec, weights=None):
+    """Import FILE.py, call FUNCTION() for an nn.Module, load ``weights`` (a plain state_dict) if given."""
+    file, _, fn = spec.rpartition(":")
+    if not os.path.isfile(file):
+        raise UserError(f"--victim {spec}: file {file} not found")
+    module_spec = importlib.util.spec_from_file_location(f"user_victim_{abs(hash(os.path.abspath(file)))}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        raise UserError(f"--victim {spec}: importing {file} failed ({type(e).__name__}: {e})") from e
+    build = getattr(module, fn, None)
+    if not callable(build):
+        raise UserError(f"--victim {spec}: {file} defines no function {fn}")
+    model = build()
+    if not isinstance(model, nn.Module):
+        raise UserError(f"--victim {spec}: {fn}() returned {type(model).__name__}, not a torch.nn.Module")
+    if weights:
+        if not os.path.isfile(weights):
+            raise UserError(f"--victim_weights {weights} not found")
+        try:
+            sd = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(f"--victim_weights {weights}: not a plain state_dict ({type(e).__name__})") from e
+        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+            sd = sd["state_dict"]  # one of this repo's checkpoints
+        try:
+            model.load_state_dict(sd)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise UserError(f"--victim_weights {weights} does not fit {fn}(): {str(e).splitlines()[0]}") from e
+    return model
+
+
+def check_user_model(model, spec, info):
+    """The model must map a batch of normalised 32x32 images to (batch, num_classes) logits."""
+    x = torch.zeros(2, info.in_channels, 32, 32)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:
+        raise UserError(f"--victim {spec}: the model fails on a (2, {info.in_channels}, 32, 32) batch of "
+                        f"{info.name} images ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    model.train(was_training)
+    if not torch.is_tensor(out) or tuple(out.shape) != (2, info.num_classes):
+        shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise UserError(f"--victim {spec}: the model returns {shape} for 2 images, expected (2, {info.num_classes})")
+
+
+def load_victim(spec, info, teacher_model, ensemble_tag=None, teacher_tag=None, weights=None):
+    """--victim {ensemble, teacher, PATH, FILE.py:FUNCTION} -> (model, label, path), checked against dataset
+    ``info``. 'ensemble' and 'teacher' read the Defense stage's outputs through the one path convention."""
+    from misleader import paths
+    from misleader.ensemble import load_ensemble
+
+    if is_user_model(spec):
+        model = load_user_model(spec, weights)
+        check_user_model(model, spec, info)
+        return model, os.path.splitext(os.path.basename(spec.rpartition(":")[0]))[0], spec
+    if weights:
+        raise UserError("--victim_weights goes with --victim FILE.py:FUNCTION only")
+    path, made_by, label = paths.victim_checkpoint(spec, info.name, teacher_model, ensemble_tag, teacher_tag)
+    ck = check(load(path, made_by=made_by), path, num_classes=info.num_classes, in_channels=info.in_channels,
+               dataset=info.name)
+    if ck["kind"] == "ensemble":
+        return load_ensemble(ck), label, path
+    if ck["kind"] == "classifier":
+        if spec == "teacher":
+            check(ck, path, arch=teacher_model)
+        return build_classifier(ck), label, path
+    raise UserError(f"{path} holds a '{ck['kind']}' checkpoint, not a classifier or an ensemble")

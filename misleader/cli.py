@@ -34,7 +34,9 @@ def add_common(p, seed_default=0):
                    help="mixed precision: auto = bf16 on CUDA, fp32 on CPU; bf16 forces it (slow on CPUs without AMX)")
     p.add_argument("--log_dir", default="runs", help="TensorBoard root shared by every stage; a run writes to a subfolder")
     p.add_argument("--run_name", default=None, help="subfolder of --log_dir for this run (default: derived from the flags)")
-    p.add_argument("--progress", type=int, default=1, choices=[0, 1], help="1 shows tqdm progress bars")
+    p.add_argument("--progress", default="auto", choices=["auto", "0", "1"],
+                   help="auto: tqdm bars on a terminal, else a plain progress line at most every 30 s; 1: bars "
+                        "always; 0: none")
     return p
 
 

@@ -11,10 +11,8 @@ Where the files are looked for, in order:
 If all fail, a UserError names the files and the folder to put them in.
 """
 
-import gzip
 import math
 import os
-import pickle
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +37,7 @@ class DatasetInfo:
 
     @property
     def teacher_arch(self):
-        """design.md's teacher: LeNet-5 for MNIST-like data, ResNet-34-8x for the 3-channel datasets."""
+        """The reference teacher: LeNet-5 for MNIST-like data, ResNet-34-8x for the 3-channel datasets."""
         return "lenet5" if self.clean_aug == "none" else "resnet34_8x"
 
 
@@ -65,77 +63,89 @@ def dataset_info(name):
 
 
 # ----------------------------------------------------------------------------- file readers
-
-def _read_idx(path):
-    """Read an IDX file (optionally gzipped) into a numpy array."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def _find(folder, stem):
-    """Return folder/stem or folder/stem.gz if either exists."""
-    for cand in (os.path.join(folder, stem), os.path.join(folder, stem + ".gz")):
-        if os.path.isfile(cand):
-            return cand
-    return None
-
+# torchvision's dataset classes read every format (IDX, the CIFAR pickles, SVHN's .mat); this module only
+# finds the files, unpacks gzipped IDX copies the way torchvision's own download does, and turns a local copy
+# into arrays. Checksums are for downloads: a local copy is taken as it is, and a broken file is named.
 
 _IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
-def _load_idx_folder(folder):
-    paths = [_find(folder, s) for s in _IDX_STEMS]
-    if any(p is None for p in paths):
-        return None
-    xtr, ytr, xte, yte = (_read_idx(p) for p in paths)
-    return xtr[:, None], ytr, xte[:, None], yte  # (N, 1, 28, 28) uint8
+def _tv_class(name):
+    import torchvision.datasets as tvd
+
+    base = {"mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100,
+            "svhn": tvd.SVHN}[name]
+
+    class Local(base):
+        """torchvision's reader, with 'present' instead of 'matches the download's checksum'."""
+
+        def _check_integrity(self):
+            if name == "svhn":
+                return os.path.isfile(os.path.join(self.root, self.filename))
+            return all(os.path.isfile(os.path.join(self.root, self.base_folder, f))
+                       for f, _ in self.train_list + self.test_list)
+
+        def _load_meta(self):  # class names only; not needed
+            pass
+
+        @property
+        def raw_folder(self):  # MNIST's folder is named after the class
+            return os.path.join(self.root, base.__name__, "raw")
+
+    return Local
 
 
-def _unpickle(path):
-    # CIFAR's own python format: a pickled dict of numpy arrays (data files, not code we run).
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+def _unpack_idx(raw, sources):
+    """Make raw/ hold the four uncompressed IDX files torchvision reads, unpacking .gz copies found in raw/ or
+    in ``sources``; False when some file is nowhere."""
+    from torchvision.datasets.utils import extract_archive
+
+    for stem in _IDX_STEMS:
+        if os.path.isfile(os.path.join(raw, stem)):
+            continue
+        gz = next((os.path.join(f, stem + ".gz") for f in [raw, *sources] if os.path.isfile(os.path.join(f, stem + ".gz"))),
+                  None)
+        if gz is None:
+            return False
+        try:
+            os.makedirs(raw, exist_ok=True)
+            extract_archive(gz, raw)
+        except OSError as e:
+            raise UserError(f"cannot unpack {gz} into {raw}: {e.strerror or e}") from e
+    return True
 
 
-def _load_cifar(root, name):
-    if name == "cifar10":
-        folder = os.path.join(root, "cifar-10-batches-py")
-        train_files = [f"data_batch_{i}" for i in range(1, 6)]
-        test_files, key = ["test_batch"], "labels"
+def _read_local(name, root):
+    """(x_train, y_train, x_test, y_test) as uint8 NCHW / int64 arrays from a local copy, or None."""
+    if name in ("mnist", "fashionmnist"):
+        raw = os.path.join(root, "MNIST" if name == "mnist" else "FashionMNIST", "raw")
+        if not _unpack_idx(raw, [SYSTEM_FASHION_MNIST] if name == "fashionmnist" else []):
+            return None
+        roots, layout = [root], lambda d: d.data.numpy()[:, None]
+    elif name == "svhn":
+        roots, layout = [root, os.path.join(root, "svhn")], lambda d: d.data
     else:
-        folder = os.path.join(root, "cifar-100-python")
-        train_files, test_files, key = ["train"], ["test"], "fine_labels"
-    if not all(os.path.isfile(os.path.join(folder, f)) for f in train_files + test_files):
-        return None
-
-    def read(files):
-        parts = [_unpickle(os.path.join(folder, f)) for f in files]
-        x = np.concatenate([p["data"] for p in parts]).reshape(-1, 3, 32, 32)
-        y = np.concatenate([np.asarray(p[key]) for p in parts])
-        return x, y
-
-    return (*read(train_files), *read(test_files))
-
-
-def _load_svhn(root):
-    for folder in (root, os.path.join(root, "svhn")):
-        tr, te = os.path.join(folder, "train_32x32.mat"), os.path.join(folder, "test_32x32.mat")
-        if os.path.isfile(tr) and os.path.isfile(te):
-            try:
-                from scipy.io import loadmat
-            except ImportError as e:
-                raise UserError("reading SVHN's .mat files needs scipy: pip install scipy") from e
-            out = []
-            for p in (tr, te):
-                m = loadmat(p)
-                x = np.transpose(m["X"], (3, 2, 0, 1))  # HWCN -> NCHW
-                y = m["y"].reshape(-1).astype(np.int64) % 10  # label 10 means digit 0
-                out += [x, y]
-            return tuple(out)
+        roots, layout = [root], lambda d: d.data.transpose(0, 3, 1, 2)
+    cls = _tv_class(name)
+    for r in roots:
+        try:
+            if name == "svhn":
+                parts = [cls(r, split=s) for s in ("train", "test")]
+            else:
+                parts = [cls(r, train=t) for t in (True, False)]
+        except RuntimeError as e:
+            if "not found" in str(e):
+                continue
+            raise UserError(f"dataset '{name}' in {r} cannot be read: {e}") from e
+        except ImportError as e:
+            raise UserError(f"reading {name} needs {e.name}: pip install {e.name}") from e
+        except Exception as e:  # a truncated or foreign file
+            raise UserError(f"dataset '{name}' in {r} is corrupt ({type(e).__name__}: {e}); replace its files") from e
+        out = []
+        for d in parts:
+            out += [np.ascontiguousarray(layout(d)), np.asarray(getattr(d, "labels", getattr(d, "targets", None)),
+                                                                dtype=np.int64)]
+        return tuple(out)
     return None
 
 
@@ -149,18 +159,6 @@ _EXPECTED = {
     "cifar100": ("{root}/cifar-100-python/", "train and test (unpack cifar-100-python.tar.gz)"),
     "svhn": ("{root}/", "train_32x32.mat and test_32x32.mat"),
 }
-
-
-def _try_local(name, root):
-    if name in ("mnist", "fashionmnist"):
-        folder = os.path.join(root, "MNIST" if name == "mnist" else "FashionMNIST", "raw")
-        found = _load_idx_folder(folder)
-        if found is None and name == "fashionmnist":
-            found = _load_idx_folder(SYSTEM_FASHION_MNIST)
-        return found
-    if name in ("cifar10", "cifar100"):
-        return _load_cifar(root, name)
-    return _load_svhn(root)
 
 
 def _download(name, root):
@@ -178,16 +176,18 @@ def _download(name, root):
 
 def read_raw(name, root="data"):
     """Return (x_train, y_train, x_test, y_test) as uint8 NCHW / int64 numpy arrays from disk or a download."""
-    found = _try_local(name, root)
+    found = _read_local(name, root)
+    why = "downloads are off (MISLEADER_OFFLINE=1)"
     if found is None and os.environ.get("MISLEADER_OFFLINE", "0") != "1":
         try:
             _download(name, root)
-        except Exception:  # no network, a mirror down, a checksum error: all end in the message below
-            pass
-        found = _try_local(name, root)
+            why = "the download left no readable copy"
+        except Exception as e:  # no network, a mirror down, a checksum error: the reason goes in the message
+            why = f"the download failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'})"
+        found = _read_local(name, root)
     if found is None:
         folder, files = _EXPECTED[name]
-        raise UserError(f"dataset '{name}' not found and could not be downloaded: put {files} "
+        raise UserError(f"dataset '{name}' not found and {why}: put {files} "
                         f"in {folder.format(root=root.rstrip('/'))}")
     return found
 
@@ -311,7 +311,7 @@ class Augment:
 
     ``clean(x)``: the clean-training augmentation (random crop with 4-pixel padding and horizontal
     flip for CIFAR-like data, nothing for MNIST-like data), then normalisation.
-    ``proxy(x)``: the attacker-proxy augmentation of design.md (random resized crop 0.8-1.0, flip,
+    ``proxy(x)``: the attacker-proxy augmentation (random resized crop 0.8-1.0, flip,
     colour jitter 0.4, grayscale p=0.2, random affine +-15 deg / translate 0.1 / scale 0.9-1.1),
     then normalisation. Inputs are float images in [0, 1] on any device.
     """

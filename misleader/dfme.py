@@ -10,12 +10,13 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 
 from misleader import zoo
-from misleader.errors import UserError
+from misleader.errors import NonFiniteLoss, UserError
 from misleader.losses import per_sample_disagreement, student_loss
 from misleader.models import Generator, create_model
-from misleader.runtime import autocast
+from misleader.runtime import autocast, seeded
 from misleader.victim import logits_from_probs
 
 
@@ -33,7 +34,7 @@ class DFMEConfig:
     grad_epsilon: float = 1e-3
     loss: str = "l1"
     scheduler: str = "multistep"
-    steps: tuple = (0.5, 0.8)  # DFME's 2M-query schedule; design.md's CIFAR runs use 0.1 0.3 0.5
+    steps: tuple = (0.5, 0.8)  # DFME's 2M-query schedule; DFME's CIFAR runs use 0.1 0.3 0.5
     scale: float = 0.3
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -102,11 +103,8 @@ def attacker_models(student_arch, num_classes, in_channels, nz, ngf, seed):
     """Student and generator initialised from their own RNG seeded with ``seed``, whatever the caller did to
     the global RNG before (building a victim draws from it): paired seeds start every victim's attack from
     the same weights. The global RNG is left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        student = create_model(student_arch, num_classes, in_channels)
-        generator = Generator(nz=nz, ngf=ngf, nc=in_channels)
-    return student, generator
+    return seeded(seed, lambda: (create_model(student_arch, num_classes, in_channels),
+                                 Generator(nz=nz, ngf=ngf, nc=in_channels)))
 
 
 def milestones(cfg, epochs):
@@ -165,9 +163,13 @@ class DFME:
 
     # -- victim answers as the attacker sees them
     def victim_logits(self, x):
+        """probs: log p minus its mean; label (a label-only API): the one-hot answer minus its mean, which
+        carries no zeroth-order signal (a small step rarely changes the label); logits: as given, centred."""
         answer = self.victim(x)
         if self.victim.output == "probs":
             return logits_from_probs(answer, self.cfg.probs_as_logits)
+        if self.victim.output == "label":
+            answer = F.one_hot(answer, self.num_classes).float()
         return answer - answer.mean(1, keepdim=True)
 
     def sample(self, grad=False, pre_x=False):
@@ -234,7 +236,9 @@ class DFME:
 
     def run(self, on_epoch=None, on_iteration=None, progress=None):
         """Train until the budget cannot pay for another iteration. on_epoch(self, stats) evaluates and
-        logs; on_iteration(self) may save state. Returns the number of iterations run in this call."""
+        logs; on_iteration(self) may save state. Returns the number of iterations run in this call.
+        An iteration with a non-finite loss raises NonFiniteLoss (iterations counted from 0 over the whole
+        attack) before on_iteration sees it; the attack's state is then broken and must not be saved."""
         self.wall_before, self._run_t0 = self.wall_s(), time.time()
         try:
             return self._run(on_epoch, on_iteration, progress)
@@ -251,6 +255,10 @@ class DFME:
             while self.itr < cfg.epoch_itrs and self.victim.left >= cfg.cost_per_iteration:
                 t0 = time.time()
                 g, s = self.iteration()
+                if not (math.isfinite(g) and math.isfinite(s)):  # stop before on_iteration can save the broken state
+                    at = self.epoch * cfg.epoch_itrs + self.itr - 1
+                    raise NonFiniteLoss(f"non-finite DFME loss at iteration {at} (epoch {self.epoch + 1}): "
+                                        f"loss_G {g:.4g}, loss_S {s:.4g}; the last good state is kept")
                 sums["g"], sums["s"], sums["n"], done = sums["g"] + g, sums["s"] + s, sums["n"] + 1, done + 1
                 sums["secs"] += time.time() - t0
                 if progress is not None:

@@ -24,12 +24,10 @@ class SoftVotingEnsemble(nn.Module):
 
 
 def ensemble_payload(ens, dataset, num_classes, in_channels, metrics=None, args=None, seed=None, sources=None):
-    return {
-        "format": checkpoint.FORMAT, "kind": "ensemble", "arch": list(ens.archs), "dataset": dataset,
-        "num_classes": num_classes, "in_channels": in_channels,
-        "state_dict": [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in ens.members],
-        "sources": list(sources or []), "metrics": dict(metrics or {}), "args": dict(args or {}), "seed": seed,
-    }
+    return checkpoint.payload("ensemble", list(ens.archs), dataset=dataset, num_classes=num_classes,
+                              in_channels=in_channels, state_dict=[checkpoint.cpu_state(m) for m in ens.members],
+                              sources=list(sources or []), metrics=dict(metrics or {}), args=dict(args or {}),
+                              seed=seed)
 
 
 def load_ensemble(ckpt):

@@ -1,9 +1,12 @@
-"""The epoch loop of the teacher and defense stages: resumable at any batch, saved every epoch and every
-few minutes, stopped cleanly by SIGINT/SIGTERM, stopped with exit code 3 by a non-finite loss.
+"""Resumable runs. ``RunState`` is what every stage (teacher, defense member, DFME, Knockoff) shares: the
+owner lock on its output, the state file ``<out>.state.pt`` with the run's defining flags, "already done"
+on --resume 1, saves every few minutes and on SIGINT/SIGTERM, cleanup at the end. ``EpochLoop`` is the
+epoch loop of the stages that train over a data split (teacher, defense, Knockoff): resumable at any batch,
+saved every epoch, stopped with exit code 3 by a non-finite loss.
 
-State lives in ``<out>.state.pt`` and holds every model, optimiser and schedule (``stateful``), the RNG
-states, the position (epoch, batch), the partial epoch's losses and the best-so-far model, so a run
-killed at any moment and resumed produces the same metrics as an uninterrupted one.
+EpochLoop's state holds every model, optimiser and schedule (``stateful``), the RNG states, the position
+(epoch, batch), the partial epoch's losses and the best-so-far model, so a run killed at any moment and
+resumed produces the same metrics as an uninterrupted one.
 """
 
 import os
@@ -12,19 +15,11 @@ import sys
 import time
 
 import torch
-from tqdm import tqdm
 
-from misleader import checkpoint
+from misleader import checkpoint, runlock
 from misleader.data import batches, num_batches
+from misleader.progress import progress_bar
 from misleader.train import check_finite
-
-
-def already_done(out, resume):
-    """--resume 1 on a run whose output exists and has no state file left: say so; the caller returns."""
-    done = bool(resume) and os.path.isfile(out) and not os.path.isfile(checkpoint.state_path(out))
-    if done:
-        print(f"already done: {out} exists (--resume 1 does not retrain it)")
-    return done
 
 
 class StopFlag:
@@ -45,37 +40,91 @@ class StopFlag:
             sys.exit(128 + self.signum)
 
 
+class RunState:
+    """One run's output and state file. Taking it locks the output for this process (a second process on the
+    same run exits 2); ``kind`` and ``arch`` are checked when the state is loaded, and so are the defining
+    flags of ``args`` (checkpoint.run_flags)."""
+
+    def __init__(self, out, kind, arch, args, also_writes=()):
+        for path in (out, *also_writes):
+            checkpoint.check_writable(path)
+        runlock.own(out)  # one process per run, before anything of it is written
+        self.out, self.kind, self.arch, self.args = out, kind, arch, args
+        self.file = checkpoint.state_path(out)
+        self.save_every, self.last_save, self.stop = args.save_every_min * 60, time.time(), None
+
+    def already_done(self, recorded=None, what="retrain"):
+        """--resume 1 on a run whose output exists with no state file left (and ``recorded()``, if given): say
+        so; the caller returns."""
+        done = bool(self.args.resume) and os.path.isfile(self.out) and not os.path.isfile(self.file) and \
+            (recorded is None or recorded())
+        if done:
+            print(f"already done: {self.out} exists (--resume 1 does not {what} it)")
+        return done
+
+    def load(self):
+        """With --resume 1 and a state file: its contents, checked against this run; else None."""
+        if not (self.args.resume and os.path.isfile(self.file)):
+            return None
+        st = checkpoint.check(checkpoint.load(self.file), self.file, kind=self.kind, arch=self.arch)
+        checkpoint.check_flags(st, self.file, self.args)
+        return st
+
+    def save(self, payload):
+        checkpoint.save(self.file, checkpoint.payload(self.kind, self.arch, flags=checkpoint.run_flags(self.args),
+                                                      **payload))
+        self.last_save = time.time()
+
+    def boundary(self, payload):
+        """At a step boundary: on SIGINT/SIGTERM save ``payload()`` and exit 128+signal; every save_every_min
+        minutes save it."""
+        if self.stop is None:
+            self.stop = StopFlag()
+        self.stop.exit_if_set(lambda: self.save(payload()), self.file)
+        if time.time() - self.last_save > self.save_every:
+            self.save(payload())
+
+    def close(self):
+        """The run finished: its state file goes."""
+        if os.path.isfile(self.file):
+            os.remove(self.file)
+
+
 class EpochLoop:
     """Runs ``step(x, y) -> 1-D loss tensor`` over shuffled batches for a number of epochs.
 
     ``end_epoch(epoch, losses (n_steps, k), seen, secs) -> val_acc`` evaluates and logs; the loop keeps
-    the state of ``model`` at the best val_acc. ``losses[:, 0]`` is checked for finiteness."""
+    the state of ``model`` at the best val_acc (with keep_best; else the last epoch's). ``losses[:, 0]`` is
+    checked for finiteness. ``run`` (a RunState) holds the files."""
 
-    def __init__(self, kind, arch, state_file, model, stateful, aug_gen, order_gen, save_every_min=5.0):
-        self.kind, self.arch, self.state_file = kind, arch, state_file
+    def __init__(self, run, model, stateful, aug_gen, order_gen, keep_best=True):
+        self.files, self.arch, self.state_file = run, run.arch, run.file
         self.model, self.stateful, self.aug_gen, self.order = model, stateful, aug_gen, order_gen
-        self.save_every = save_every_min * 60
         self.epoch, self.batch, self.epoch_order = 0, 0, order_gen.get_state()
         self.partial, self.seen = [], 0
+        self.steps = 0  # batches per epoch, set by run(): the partial epoch starts at step epoch * steps
         self.best_acc, self.best_epoch, self.best_state = -1.0, -1, None
+        self.keep_best = keep_best  # False: the model after the last epoch is the result (an attacker's clone)
 
     def state(self):
-        return {"format": checkpoint.FORMAT, "kind": self.kind, "arch": self.arch, "epoch": self.epoch,
-                "batch": self.batch, "epoch_order": self.epoch_order,
+        return {"epoch": self.epoch, "batch": self.batch, "epoch_order": self.epoch_order,
                 "rng": checkpoint.rng_snapshot(self.aug_gen), "partial": [t.cpu() for t in self.partial],
                 "seen": self.seen, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
                 "best_state": self.best_state, "modules": {k: v.state_dict() for k, v in self.stateful.items()}}
 
     def save(self):
+        self.files.save(self.checked_state())
+
+    def checked_state(self):
         if self.partial:
-            check_finite(torch.stack(self.partial)[:, 0], 0, "loss before saving")
-        checkpoint.save(self.state_file, self.state())
+            check_finite(torch.stack(self.partial)[:, 0], self.epoch * self.steps, "loss before saving")
+        return self.state()
 
     def resume(self):
-        """Load the state file if there is one; returns True when it did."""
-        if not os.path.isfile(self.state_file):
+        """Load the state file if --resume 1 and there is one; returns True when it did."""
+        st = self.files.load()
+        if st is None:
             return False
-        st = checkpoint.check(checkpoint.load(self.state_file), self.state_file, kind=self.kind, arch=self.arch)
         for k, v in self.stateful.items():
             v.load_state_dict(st["modules"][k])
         checkpoint.rng_restore(st["rng"], self.aug_gen)
@@ -85,15 +134,13 @@ class EpochLoop:
         print(f"resumed from {self.state_file}: epoch {self.epoch} done, batch {self.batch} of the next")
         return True
 
-    def run(self, split, batch_size, epochs, step, end_epoch, progress=True):
-        steps = num_batches(len(split), batch_size)
-        stop, last_save = StopFlag(), time.time()
+    def run(self, split, batch_size, epochs, step, end_epoch, progress="auto"):
+        steps = self.steps = num_batches(len(split), batch_size)
         while self.epoch < epochs:
             self.order.set_state(self.epoch_order)  # the epoch's permutation, the same after a resume
             it = batches(split, batch_size, generator=self.order)
             t0 = time.time()
-            bar = tqdm(total=steps, initial=self.batch, desc=f"epoch {self.epoch + 1}/{epochs}", disable=not progress,
-                       leave=False)
+            bar = progress_bar(progress, steps, self.batch, f"epoch {self.epoch + 1}/{epochs}", "batches", leave=False)
             for i, (x, y) in enumerate(it):
                 if i < self.batch:
                     continue
@@ -101,10 +148,7 @@ class EpochLoop:
                 self.seen += x.shape[0]
                 self.batch = i + 1
                 bar.update(1)
-                stop.exit_if_set(self.save, self.state_file)
-                if time.time() - last_save > self.save_every:
-                    self.save()
-                    last_save = time.time()
+                self.files.boundary(self.checked_state)
             bar.close()
             losses = torch.stack(self.partial)
             check_finite(losses[:, 0], self.epoch * steps, "loss")
@@ -115,12 +159,12 @@ class EpochLoop:
                 self.best_state = {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
             self.batch, self.partial, self.seen, self.epoch_order = 0, [], 0, self.order.get_state()
             self.save()
-            last_save = time.time()
-        self.model.load_state_dict(self.best_state)
+        if self.keep_best:
+            self.model.load_state_dict(self.best_state)
 
     def conclude(self, out, data, amp, log, info, args):
         """After run(): test accuracy of the best model, the final checkpoint, the last scalars, cleanup."""
-        from misleader.train import accuracy
+        from misleader.evaluate import accuracy
 
         test_acc = accuracy(self.model, data.test, data.normalize, amp)
         metrics = {"val_acc": self.best_acc, "test_acc": test_acc, "best_epoch": self.best_epoch}
@@ -128,6 +172,5 @@ class EpochLoop:
                                                            info.in_channels, metrics, vars(args), args.seed))
         log.scalars(args.epochs, {"test_acc": test_acc, "best_val_acc": self.best_acc})
         log.close()
-        if os.path.isfile(self.state_file):
-            os.remove(self.state_file)
+        self.files.close()
         print(f"saved {out} (best epoch {self.best_epoch}): val_acc {self.best_acc:.4f} test_acc {test_acc:.4f}")

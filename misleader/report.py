@@ -359,23 +359,27 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
     from the attack checkpoint.
 
     Returns [(row index, field, csv value, recomputed value, ok), ...]; an accuracy is rounded to the CSV's
-    4 decimals before the comparison |recomputed - csv| <= tolerance; the query count must be equal. The row index counts the
-    data rows of the CSV (after the --config filter when one is given).
+    4 decimals before the comparison |recomputed - csv| <= tolerance; the query count must be equal. The row
+    index counts the data rows of the CSV (after the --config filter when one is given). A victim given as
+    FILE.py:FUNCTION is rebuilt from that file and the attack's --victim_weights.
     """
     import torch
 
     from misleader import checkpoint
     from misleader.data import dataset_info, load_dataset
     from misleader.models import create_model
+    from misleader.evaluate import clone_metrics, predict
     from misleader.runtime import amp_dtype, pick_device
-    from misleader.train import predict
-    from misleader.victims import resolve_victim
 
     rows = filter_config(load_results(csv_path, VERIFY_COLUMNS), config, csv_path)
     bases = _bases(csv_path)
     located, absent = [], []
     for i, r in enumerate(rows):
         found = {c: _resolve(r.get(c), bases) for c in ("attack_path", "victim_path")}
+        spec = r.get("victim_path") or ""
+        if checkpoint.is_user_model(spec):  # FILE.py:FUNCTION: the file must be there
+            file = _resolve(spec.rpartition(":")[0], bases)
+            found["victim_path"] = f"{file}:{spec.rpartition(':')[2]}" if file else None
         absent += [f"row {i} {c} {r.get(c) or '(empty)'}" for c, p in found.items() if p is None]
         located.append(found)
     if absent:
@@ -401,17 +405,17 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
         student.load_state_dict(ck["state_dict"])
         student = student.to(dev).eval()
 
-        vkey = os.path.abspath(vpath)
+        weights = _resolve((ck.get("args") or {}).get("victim_weights"), bases)
+        vkey = (os.path.abspath(vpath), weights)
         if vkey not in victims:
-            victims[vkey] = resolve_victim(vpath, info, None)[0].to(dev).eval()
+            victims[vkey] = checkpoint.load_victim(vpath, info, None, weights=weights)[0].to(dev).eval()
         pkey = (vkey, name, str(amp))
         if pkey not in victim_preds:
             victim_preds[pkey] = predict(victims[vkey], test_x, amp=amp).argmax(1)
         victim_pred = victim_preds[pkey]
-        pred = predict(student, test_x, amp=amp).argmax(1)
-        recomputed = {"victim_acc": (victim_pred == y).float().mean().item(),
-                      "clone_acc": (pred == y).float().mean().item(),
-                      "fidelity": (pred == victim_pred).float().mean().item(),
+        clone_acc, fidelity = clone_metrics(student, test_x, y, victim_pred, amp)
+        recomputed = {"victim_acc": (victim_pred == y).float().mean().item(), "clone_acc": clone_acc,
+                      "fidelity": fidelity,
                       "queries_used": (ck.get("metrics") or {}).get("queries_used", float("nan"))}
         del student
         if dev.type == "cuda":

@@ -1,6 +1,13 @@
-"""results/results.csv: one row per attack run, appended (header written once; new columns only at the end)."""
+"""results/results.csv: one row per attack run, appended (header written once; new columns only at the end).
 
+Many runs may append to one CSV at once (a run list under ``xargs -P``, a SLURM array on a shared filesystem):
+every read-modify-write and append holds an exclusive ``fcntl.flock`` on ``<csv>.lock`` beside it, so N
+writers give N rows and one header whatever the interleaving.
+"""
+
+import contextlib
 import csv
+import fcntl
 import os
 
 from misleader.errors import UserError
@@ -13,22 +20,40 @@ EARLIER_VALUES = {"query_range": "tanh", "settings": ""}
 
 
 def append_row(path, row):
-    """Append one row; a file written before a column existed gets the column first, with its earlier value."""
+    """Append one row; a file written before a column existed gets the column first, with its earlier value.
+    The header check, the column upgrade and the append happen under the CSV's lock."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if os.path.isfile(path) and os.path.getsize(path) > 0:
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-        if header != COLUMNS:
-            _add_columns(path, header)
-    new = not os.path.isfile(path) or os.path.getsize(path) == 0
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    with locked(path):
+        if os.path.isfile(path) and os.path.getsize(path) > 0:
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), [])
+            if header != COLUMNS:
+                _add_columns(path, header)
+        new = not os.path.isfile(path) or os.path.getsize(path) == 0
+        with open(path, "a", newline="") as f:  # closed (written out) before the lock is released
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Hold the exclusive lock of the CSV ``path`` (on ``<path>.lock``, created if needed) while in the block.
+    The lock is on a separate file because the column upgrade replaces the CSV itself."""
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:  # e.g. a filesystem without locks
+            raise UserError(f"cannot lock {path}.lock: {e.strerror}") from e
+        yield
+    finally:
+        os.close(fd)  # drops the lock
 
 
 def _add_columns(path, header):
+    """Rewrite the file with the current columns; the caller holds the lock."""
     unknown = [c for c in header if c not in COLUMNS]
     if unknown or header != COLUMNS[:len(header)]:
         raise UserError(f"{path} has columns this version does not write ({', '.join(unknown) or 'another order'}); "

@@ -37,7 +37,7 @@ def versions():
 class RunLog:
     """One run's logs. ``log(step, metrics)`` writes a CSV row, TensorBoard scalars and a console line."""
 
-    def __init__(self, log_dir, stage, run_name, args, resume_step=None):
+    def __init__(self, log_dir, stage, run_name, args, resume_step=None, tb_resume_step=None):
         self.dir = os.path.join(log_dir, stage, run_name)
         os.makedirs(self.dir, exist_ok=True)
         self.csv_path = os.path.join(self.dir, "metrics.csv")
@@ -53,7 +53,8 @@ class RunLog:
                     os.remove(os.path.join(self.dir, name))
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(self.dir, purge_step=None if resume_step is None else resume_step + 1)
+        tb_resume_step = resume_step if tb_resume_step is None else tb_resume_step  # when TensorBoard counts otherwise
+        self.tb = SummaryWriter(self.dir, purge_step=None if resume_step is None else tb_resume_step + 1)
 
     def _truncate(self, last_step):
         """On resume, keep only the rows up to last_step so none is duplicated."""
@@ -71,8 +72,9 @@ class RunLog:
         for k, v in metrics.items():
             self.tb.add_scalar(prefix + k, v, step)
 
-    def log(self, step, metrics, console=True, extra=None):
-        """Append {step, **metrics} to metrics.csv, write them as scalars, and print one line."""
+    def log(self, step, metrics, console=True, extra=None, tb_step=None):
+        """Append {step, **metrics} to metrics.csv, write them as scalars (at ``tb_step`` if given, e.g. the
+        queries used, else at ``step``), and print one line."""
         row = {"step": step, **{k: _fmt(v) for k, v in metrics.items()}}
         new_file = not os.path.isfile(self.csv_path) or os.path.getsize(self.csv_path) == 0
         if self.fields is None:
@@ -82,9 +84,10 @@ class RunLog:
             if new_file:
                 w.writeheader()
             w.writerow(row)
-        self.scalars(step, metrics)
+        tb_step = step if tb_step is None else tb_step
+        self.scalars(tb_step, metrics)
         if extra:
-            self.scalars(step, extra)
+            self.scalars(tb_step, extra)
         if console:
             shown = {**metrics, **(extra or {})}
             print(f"[{step}] " + "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items()), flush=True)

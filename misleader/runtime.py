@@ -27,6 +27,14 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def seeded(seed, build):
+    """``build()`` with the global RNG seeded by ``seed``, the global RNG left as it was: a model initialised
+    this way does not depend on what drew from the RNG before (paired seeds across victims)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
 def amp_dtype(mode, device):
     """Resolve --amp {auto,off,bf16} to a dtype or None.
 

@@ -327,3 +327,34 @@ def test_fashion_mnist_shapes_and_normalization(fashion):
     z = b.normalize(b.train.x)
     assert abs(z.mean().item()) < 0.05
     assert abs(z.std().item() - 1) < 0.05
+
+
+def test_cifar10_pickles_are_read_through_torchvision(tmp_path, monkeypatch):
+    import pickle
+
+    monkeypatch.setenv("MISLEADER_OFFLINE", "1")
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    batches_ = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, size=(4, 3 * 32 * 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=4).tolist()
+        batches_[name] = (data, labels)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels}, f)
+    xtr, ytr, xte, yte = D.read_raw("cifar10", str(tmp_path))
+    assert xtr.shape == (20, 3, 32, 32) and xte.shape == (4, 3, 32, 32)
+    assert np.array_equal(xte, batches_["test_batch"][0].reshape(4, 3, 32, 32))
+    assert ytr.tolist() == sum((batches_[f"data_batch_{i}"][1] for i in range(1, 6)), [])
+
+
+def test_a_failed_download_says_why(tmp_path, monkeypatch):
+    monkeypatch.delenv("MISLEADER_OFFLINE", raising=False)
+
+    def no_network(name, root):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(D, "_download", no_network)
+    with pytest.raises(UserError, match=r"download failed \(ConnectionError: no route to host\).*MNIST/raw"):
+        D.read_raw("mnist", str(tmp_path))

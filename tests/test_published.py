@@ -15,7 +15,6 @@ from misleader.dfme import DFME, DFMEConfig, attacker_models, lr_factor
 from misleader.ensemble import SoftVotingEnsemble, ensemble_payload
 from misleader.models import Generator, create_model
 from misleader.victim import BlackBox
-from misleader.victims import resolve_victim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -155,7 +154,7 @@ def test_same_seed_same_attacker_start_whatever_the_victim(tmp_path):
     starts = []
     for path in (tpath, epath):
         torch.manual_seed(0)  # what the entry point's setup does; building the victim then draws from it
-        resolve_victim(path, info, "lenet5")
+        checkpoint.load_victim(path, info, "lenet5")
         student, generator = attacker_models("lenet5", 10, 1, 16, 8, seed=3)
         starts.append((student.state_dict(), generator.state_dict()))
     (s1, g1), (s2, g2) = starts
@@ -227,7 +226,7 @@ def test_members_with_other_init_seeds_share_the_teacher_split(tmp_path):
     ck = checkpoint.load(mpath)
     assert ck["args"]["split_seed"] == 0 and ck["seed"] == 2
     model = checkpoint.build_classifier(ck)
-    from misleader.train import accuracy
+    from misleader.evaluate import accuracy
 
     split0 = load_dataset("synthetic", seed=0)
     assert accuracy(model, split0.val, split0.normalize) == pytest.approx(ck["metrics"]["val_acc"], abs=1e-6)

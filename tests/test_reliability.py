@@ -3,6 +3,7 @@
 import csv
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ PY = sys.executable
 
 
 def env():
-    return {**os.environ, "MISLEADER_OFFLINE": "1", "PYTHONPATH": REPO}
+    # one thread per child: these runs are tiny and often two at a time on two cores
+    return {**os.environ, "MISLEADER_OFFLINE": "1", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
 
 
 def script(*parts):
@@ -62,8 +64,17 @@ def test_dfme_killed_with_sigkill_and_resumed_matches_uninterrupted_run(tmp_path
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert os.path.isfile(state)
-    subprocess.run(dfme(root, "cut", "--resume", "1"), cwd=root, env=env(), check=True, capture_output=True,
-                   timeout=240)
+    saved = torch.load(state, weights_only=True)["attack"]
+    assert saved["queries_used"] > 0  # saved after an iteration: there is work to skip
+    resumed = subprocess.run(dfme(root, "cut", "--resume", "1"), cwd=root, env=env(), check=True,
+                             capture_output=True, text=True, timeout=240).stdout
+    # it started from the saved epoch, iteration and query count, and ran only the epochs after the saved one
+    where = re.search(r"resumed from \S+: epoch (\d+), iteration (\d+), (\d+) queries used", resumed)
+    assert where, f"the resumed run does not say it resumed:\n{resumed[-2000:]}"
+    assert tuple(map(int, where.groups())) == (saved["epoch"], saved["itr"], saved["queries_used"]), \
+        f"'{where.group(0)}', but the state held epoch {saved['epoch']}, iteration {saved['itr']}, " \
+        f"{saved['queries_used']} queries used"
+    epochs_run = [int(e) for e in re.findall(r"\[epoch (\d+)/", resumed)]  # its per-epoch lines
     full, cut = read_csv(os.path.join(root, "results-full.csv")), read_csv(os.path.join(root, "results-cut.csv"))
     assert len(full) == len(cut) == 1
     for key in ("queries_used", "clone_acc", "clone_best_acc", "fidelity"):
@@ -72,6 +83,8 @@ def test_dfme_killed_with_sigkill_and_resumed_matches_uninterrupted_run(tmp_path
     m_full = read_csv(os.path.join(root, "runs", "dfme", "full", "metrics.csv"))
     m_cut = read_csv(os.path.join(root, "runs", "dfme", "cut", "metrics.csv"))
     assert m_full == m_cut  # no duplicated or lost rows, same numbers
+    assert epochs_run == list(range(saved["epoch"] + 1, len(m_full) + 1)), \
+        f"the resumed run ran epochs {epochs_run}; the state held {saved['epoch']} of {len(m_full)}"
     assert not os.path.isfile(state)
     # rerunning with resume once finished neither repeats the attack nor adds a row
     out = subprocess.run(dfme(root, "cut", "--resume", "1"), cwd=root, env=env(), capture_output=True, text=True,
@@ -119,8 +132,16 @@ def test_teacher_sigterm_saves_state_and_resume_gives_identical_metrics(tmp_path
     assert proc.returncode == 128 + signal.SIGTERM, rest
     assert "state saved" in rest and os.path.isfile(os.path.join(root, "cut.state.pt"))
     assert not os.path.isfile(os.path.join(root, "cut.pt"))
-    subprocess.run(teacher(root, "cut", "--resume", "1"), cwd=root, env=env(), check=True, capture_output=True,
-                   timeout=240)
+    saved = torch.load(os.path.join(root, "cut.state.pt"), weights_only=True)
+    assert saved["epoch"] >= 2 and saved["batch"] >= 1  # stopped after the second epoch, within a later one
+    resumed = subprocess.run(teacher(root, "cut", "--resume", "1"), cwd=root, env=env(), check=True,
+                             capture_output=True, text=True, timeout=240).stdout
+    # it started from the saved epoch and batch and logged only the epochs after the saved one
+    assert f": epoch {saved['epoch']} done, batch {saved['batch']} of the next" in resumed, \
+        f"the resumed run does not say it resumed at epoch {saved['epoch']}, batch {saved['batch']}:\n{resumed[-2000:]}"
+    epochs_run = [int(e) for e in re.findall(r"(?:^|\r)\[(\d+)\] ", resumed, re.M)]  # its per-epoch log lines
+    assert epochs_run == list(range(saved["epoch"] + 1, 7)), \
+        f"the resumed run logged epochs {epochs_run}; the state held {saved['epoch']} of 6"
     a = read_csv(os.path.join(root, "runs", "teacher", "full", "metrics.csv"))
     b = read_csv(os.path.join(root, "runs", "teacher", "cut", "metrics.csv"))
     assert len(a) == 6 and a == b

@@ -13,7 +13,7 @@ from misleader.data import dataset_info, load_dataset
 from misleader.errors import UserError
 from misleader.models import create_model
 from misleader.results import COLUMNS
-from misleader.train import predict
+from misleader.evaluate import predict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

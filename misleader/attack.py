@@ -1,0 +1,120 @@
+"""What every attack entry point shares: its flags, the victim behind the counted API, the clone's evaluation
+(test accuracy, fidelity, validation accuracy), the attack checkpoint and the results row.
+
+The attacker's code only ever receives ``AttackStage.victim`` (a BlackBox). Everything else here belongs to
+the evaluator: it uses the victim model directly and costs no budget.
+"""
+
+import datetime
+import os
+
+import torch.nn.functional as F
+
+from misleader import checkpoint, paths
+from misleader.cli import add_common, add_run_flags
+from misleader.data import dataset_info, load_dataset
+from misleader.loop import RunState
+from misleader.results import append_row, has_row
+from misleader.runlog import git_commit
+from misleader.runtime import setup
+from misleader.evaluate import accuracy, clone_metrics, predict
+from misleader.victim import BlackBox
+
+
+def add_attack_flags(p, budget_help):
+    """Flags of every attack: the victim, its API, the budget, the clone, where results go."""
+    add_common(p)
+    p.add_argument("--victim", default="ensemble",
+                   help="ensemble (Defense/ensemble/<dataset>[-tag].pt), teacher (Defense/cache/teacher/<dataset>-"
+                        "<teacher_model>.pt), a checkpoint path, or your own model as FILE.py:FUNCTION (a function "
+                        "returning an nn.Module that maps normalised 32x32 images to logits)")
+    p.add_argument("--victim_weights", default=None,
+                   help="with --victim FILE.py:FUNCTION: a plain state_dict file for the model (weights_only load)")
+    p.add_argument("--ensemble_tag", default=None, help="with --victim ensemble: read Defense/ensemble/<dataset>-<tag>.pt")
+    p.add_argument("--teacher_tag", default=None, help="with --victim teacher: read Defense/cache/teacher/<dataset>-"
+                                                        "<teacher_model>-<tag>.pt")
+    p.add_argument("--teacher_model", default=None, help="teacher architecture for --victim teacher (default lenet5 "
+                                                          "MNIST-like, resnet34_8x CIFAR)")
+    p.add_argument("--victim_output", default="probs", choices=["probs", "label"],
+                   help="what the victim API returns: probabilities (what a real API gives) or only the top-1 label "
+                        "(the attacker then trains on one-hot answers)")
+    p.add_argument("--query_budget", type=float, help=budget_help)
+    p.add_argument("--student_model", default="lenet5", help="clone architecture")
+    p.add_argument("--label", default=None, help="name of this victim in results and reports (default: the victim)")
+    p.add_argument("--config", default="", help="config name recorded in results.csv (set by the shell scripts)")
+    p.add_argument("--results", default=paths.RESULTS_CSV, help="CSV to append this run's row to")
+    add_run_flags(p, "suffix of the saved attack checkpoint name (DFME/cache/<dataset>-<victim>-<student>-seed<s>"
+                     "[-<attack>]-<tag>.pt)")
+    return p
+
+
+def finish_parse(args):
+    info = dataset_info(args.dataset)
+    args.teacher_model = args.teacher_model or info.teacher_arch
+    return args
+
+
+class AttackStage:
+    """The evaluator's side of one attack run: victim, data, counted API, output paths, final report.
+
+    ``attack`` names the attack in paths and results ("dfme", "maze", "knockoff"); DFME's checkpoints keep
+    their historical name (no attack part)."""
+
+    def __init__(self, args, attack, budget, state_kind="attack-state"):
+        self.args, self.attack = args, attack
+        self.device, self.amp, self.fmt = setup(args)
+        self.info = info = dataset_info(args.dataset)
+        model, victim_label, self.victim_path = checkpoint.load_victim(args.victim, info, args.teacher_model,
+                                                               args.ensemble_tag, args.teacher_tag,
+                                                               args.victim_weights)
+        self.label = args.label or victim_label
+        name = self.label if attack in ("dfme", "maze") else f"{self.label}-{attack}"
+        self.out = paths.attack_path(args.dataset, name, args.student_model, args.seed, args.tag)
+        self.run = RunState(self.out, state_kind, args.student_model, args, also_writes=[args.results])
+        self.run_name = args.run_name or os.path.basename(self.out)[:-3]
+        self.data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, self.device)
+        self.victim_model = model.to(self.device, memory_format=self.fmt).eval()
+        self.test_x = self.data.normalize(self.data.test.x).contiguous(memory_format=self.fmt)
+        self.victim_pred = predict(self.victim_model, self.test_x, amp=self.amp).argmax(1)
+        self.victim_acc = (self.victim_pred == self.data.test.y).float().mean().item()
+        self.victim = BlackBox(self.victim_model, budget, output=args.victim_output)
+
+    def already_recorded(self):
+        """--resume 1 on a run that finished (output saved, row written, no state left): say so."""
+        return self.run.already_done(lambda: has_row(self.args.results, self.out), "repeat")
+
+    def evaluate(self, student):
+        """(test accuracy, fidelity to the victim on the test set, validation accuracy) of the clone."""
+        acc, fid = clone_metrics(student, self.test_x, self.data.test.y, self.victim_pred, self.amp)
+        return acc, fid, accuracy(student, self.data.val, self.data.normalize, self.amp)
+
+    def finish(self, student, best_acc, wall, log_dir, settings, extra_payload=None):
+        """Save the clone, append the results row (once, even after a resume), remove the state file."""
+        a = self.args
+        clone_acc, fidelity, _ = self.evaluate(student)
+        best = max(best_acc, clone_acc)
+        metrics = {"clone_acc": clone_acc, "clone_best_acc": best, "fidelity": fidelity,
+                   "queries_used": self.victim.used, "victim_acc": self.victim_acc}
+        payload = checkpoint.classifier_payload(student, a.student_model, a.dataset, self.info.num_classes,
+                                                self.info.in_channels, metrics, vars(a), a.seed, kind="attack")
+        payload.update({"victim_path": self.victim_path, **(extra_payload or {})})
+        checkpoint.save(self.out, payload)
+        row = {"dataset": a.dataset, "victim": self.label, "victim_acc": f"{self.victim_acc:.4f}",
+               "attack": self.attack, "student_model": a.student_model, "query_budget": self.victim.budget,
+               "queries_used": self.victim.used, "clone_acc": f"{clone_acc:.4f}", "clone_best_acc": f"{best:.4f}",
+               "fidelity": f"{fidelity:.4f}", "seed": a.seed, "probs_as_logits": int(getattr(a, "probs_as_logits", 0)),
+               "query_range": getattr(a, "query_range", ""), "label": self.label, "config": a.config,
+               "settings": settings, "victim_path": self.victim_path, "run_dir": log_dir, "attack_path": self.out,
+               "wall_s": f"{wall:.1f}", "git_commit": git_commit(), "date": datetime.date.today().isoformat()}
+        if not (a.resume and has_row(a.results, self.out)):  # a run killed after writing its row adds it once
+            append_row(a.results, row)
+        self.run.close()
+        print(f"done: victim {self.label} acc {self.victim_acc:.4f} | {self.attack} clone {a.student_model} acc "
+              f"{clone_acc:.4f} (best {best:.4f}) fidelity {fidelity:.4f} | {self.victim.used}/{self.victim.budget} "
+              f"queries | {self.victim.used / max(wall, 1e-9):.0f} queries/s | saved {self.out}")
+        return row
+
+
+def one_hot_answers(answer, num_classes):
+    """A label-only API's answer as the one-hot probability vectors an attacker trains on."""
+    return F.one_hot(answer, num_classes).float() if answer.dim() == 1 else answer

@@ -1,0 +1,133 @@
+"""Knockoff Nets and attacking a model of one's own: query accounting, the transfer set, label-only answers,
+--victim FILE.py:FUNCTION."""
+
+import csv
+import importlib.util
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import Counting
+
+from misleader import checkpoint
+from misleader.errors import UserError
+from misleader.knockoff import query_transfer_set, soft_cross_entropy, to_channels, transfer_indices
+from misleader.models import create_model
+from misleader.victim import BlackBox, BudgetExceeded
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _knockoff():
+    spec = importlib.util.spec_from_file_location("knockoff_entry", os.path.join(REPO, "DFME", "knockoff.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_transfer_set_is_asked_once_per_image_and_counted():
+    model = Counting(create_model("lenet5fifth", 10, 1))
+    victim = BlackBox(model, budget=250)
+    images = torch.rand(250, 1, 32, 32)
+    answers = query_transfer_set(victim, images, lambda x: x, 10, batch_size=64)
+    assert victim.used == model.seen == 250 and answers.shape == (250, 10)
+    assert torch.allclose(answers.sum(1), torch.ones(250))
+    with torch.no_grad():
+        assert torch.allclose(answers, F.softmax(model.model(images), 1), atol=1e-6)
+    seen = model.seen
+    with pytest.raises(BudgetExceeded):  # an over-budget call is refused before any answer
+        query_transfer_set(victim, images[:1], lambda x: x, 10)
+    assert model.seen == seen and victim.used == 250
+
+
+def test_label_only_answers_are_one_hot():
+    model = create_model("lenet5fifth", 10, 1)
+    images = torch.rand(20, 1, 32, 32)
+    answers = query_transfer_set(BlackBox(model, 20, output="label"), images, lambda x: x, 10)
+    with torch.no_grad():
+        top1 = model(images).argmax(1)
+    assert torch.equal(answers, F.one_hot(top1, 10).float())
+
+
+def test_transfer_indices_uniform_without_replacement_then_repeat():
+    g = torch.Generator().manual_seed(0)
+    idx = transfer_indices(100, 60, g)
+    assert len(set(idx.tolist())) == 60 and idx.max() < 100
+    idx = transfer_indices(100, 250, g)
+    assert len(idx) == 250 and all((idx[:200] == i).sum() == 2 for i in range(100))
+
+
+def test_soft_cross_entropy_by_hand_and_channels():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    p = torch.tensor([[0.5, 0.3, 0.2]])
+    z = torch.log(torch.exp(logits).sum())
+    want = -(0.5 * (2 - z) + 0.3 * (0 - z) + 0.2 * (-1 - z))
+    assert soft_cross_entropy(logits, p).item() == pytest.approx(want.item(), rel=1e-6)
+    rgb = torch.rand(2, 3, 4, 4)
+    gray = to_channels(rgb, 1)
+    assert torch.allclose(gray[:, 0], 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2])
+    assert to_channels(gray, 3).shape == (2, 3, 4, 4)
+
+
+def _user_model_file(tmp_path, body="return Net()"):
+    path = tmp_path / "my_model.py"
+    path.write_text(
+        "import torch.nn as nn\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.f = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 10))\n\n"
+        "    def forward(self, x):\n"
+        "        return self.f(x)\n\n"
+        f"def build():\n    {body}\n")
+    return str(path)
+
+
+def test_knockoff_attacks_a_model_from_a_python_file(tmp_path, monkeypatch):
+    """--victim FILE.py:build with --victim_weights: the row counts exactly the images asked, the clone learns."""
+    monkeypatch.chdir(tmp_path)
+    file = _user_model_file(tmp_path)
+    spec = importlib.util.spec_from_file_location("my_model", file)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(5)
+    net = mod.build()
+    weights = str(tmp_path / "w.pt")
+    torch.save(net.state_dict(), weights)
+    results = str(tmp_path / "r.csv")
+    _knockoff().main(["--dataset", "synthetic", "--victim", f"{file}:build", "--victim_weights", weights,
+                      "--pool", "synthetic", "--query_budget", "0.0015", "--epochs", "2", "--progress", "0",
+                      "--results", results, "--log_dir", str(tmp_path / "runs")])
+    rows = list(csv.DictReader(open(results)))
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["attack"], r["victim"], r["queries_used"], r["query_budget"]) == ("knockoff", "my_model", "1500", "1500")
+    assert "pool=synthetic" in r["settings"]
+    ck = checkpoint.load(r["attack_path"])
+    assert ck["metrics"]["queries_used"] == 1500 and ck["pool"] == "synthetic"
+    # the victim the row names is the file's model with those weights: its accuracy is recomputable
+    from misleader.data import load_dataset
+    from misleader.evaluate import accuracy
+
+    data = load_dataset("synthetic")
+    assert float(r["victim_acc"]) == pytest.approx(accuracy(net, data.test, data.normalize), abs=1e-4)
+    from misleader import report  # and report.sh --verify 1 rebuilds it from the file and the weights
+
+    assert all(ok for *_, ok in report.verify(results)) and len(report.verify(results)) == 4
+
+
+@pytest.mark.parametrize("body,weights,msg", [
+    ("return 3", None, "not a torch.nn.Module"),
+    ("return Net()", "missing.pt", "not found"),
+    ("return nn.Linear(4, 10)", None, "fails on a"),
+])
+def test_bad_user_victims_are_one_line_errors(tmp_path, body, weights, msg):
+    from misleader.data import dataset_info
+    
+    file = _user_model_file(tmp_path, body)
+    with pytest.raises(UserError, match=msg):
+        checkpoint.load_victim(f"{file}:build", dataset_info("synthetic"), "lenet5",
+                       weights=str(tmp_path / weights) if weights else None)
+    with pytest.raises(UserError, match="defines no function"):
+        checkpoint.load_victim(f"{file}:nothing", dataset_info("synthetic"), "lenet5")

@@ -1,0 +1,41 @@
+"""Progress output: bars on a terminal, plain lines in a log file."""
+
+import io
+
+from tqdm import tqdm
+
+from misleader.progress import PlainProgress, progress_bar
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_auto_mode_prints_plain_lines_to_a_file_and_bars_to_a_terminal():
+    out = io.StringIO()
+    bar = progress_bar("auto", 100, desc="queries", unit="q", file=out)
+    assert isinstance(bar, PlainProgress)
+    bar.every = 0.0  # print on every update
+    bar.update(40)
+    bar.update(60)
+    bar.close()
+    text = out.getvalue()
+    assert "\r" not in text and text.splitlines()[0].startswith("queries: 40/100 q (40%)")
+    assert text.splitlines()[1].startswith("queries: 100/100 q (100%)")
+    assert isinstance(progress_bar("auto", 10, file=_Tty()), tqdm)
+    assert isinstance(progress_bar("1", 10, file=io.StringIO()), tqdm)  # forced bars
+    quiet = io.StringIO()
+    bar = progress_bar("0", 10, file=quiet)
+    bar.update(10)
+    bar.close()
+    assert quiet.getvalue() == ""
+
+
+def test_plain_lines_are_rate_limited():
+    out = io.StringIO()
+    bar = PlainProgress(1000, desc="x", file=out, every=3600)
+    for _ in range(100):
+        bar.update(10)
+    bar.close()
+    assert out.getvalue() == ""  # nothing within the interval, and no closing line for a short run
