@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stages 2 and 3: train every defense member of the config against its simulated attacker, then
-# build the soft-voting ensemble. Needs the teacher from teacher.sh.
+# build the soft-voting ensemble. Needs the teacher from teacher.sh. With MISINFO_ARCH set in the config,
+# also the misinformation model of the adaptive-misinformation API defense (--api_defense).
 #   CONFIG=smoke bash train.sh        -> Defense/cache/defense/*.pt, Defense/ensemble/<dataset>[-tag].pt
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -17,3 +18,8 @@ done
 
 echo "== ensemble"
 build_ensemble "$TAG" "${ENSEMBLE_MEMBERS[@]}"
+
+if [ -n "$MISINFO_ARCH" ]; then
+    echo "== misinformation model $MISINFO_ARCH"
+    train_misinfo "$MISINFO_ARCH" "$TAG" "$SEED"
+fi

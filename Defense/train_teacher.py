@@ -8,13 +8,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from misleader import checkpoint, paths  # noqa: E402
-from misleader.cli import Parser, add_common, add_run_flags, main_wrapper  # noqa: E402
-from misleader.data import Augment, dataset_info, load_dataset, num_batches  # noqa: E402
-from misleader.loop import EpochLoop, RunState  # noqa: E402
-from misleader.models import MODEL_NAMES, create_model  # noqa: E402
+from misleader import paths  # noqa: E402
+from misleader.cli import Parser, add_common, main_wrapper, parse_model_stage  # noqa: E402
+from misleader.data import Augment, num_batches  # noqa: E402
+from misleader.loop import EpochLoop, train_model  # noqa: E402
 from misleader.runlog import RunLog  # noqa: E402
-from misleader.runtime import autocast, setup  # noqa: E402
+from misleader.runtime import autocast  # noqa: E402
 from misleader.evaluate import accuracy  # noqa: E402
 from misleader.train import make_optimizer, make_scheduler  # noqa: E402
 
@@ -39,12 +38,15 @@ def parse(argv):
                    help="per-step schedule (default none MNIST-like, multistep CIFAR)")
     p.add_argument("--milestones", type=int, nargs="*", default=None,
                    help="epochs at which multistep divides the rate by 10 (default 80 120)")
-    add_run_flags(p, "suffix of the output name, e.g. the config name: <dataset>-<arch>-<tag>.pt",
-                  "checkpoint path (default Defense/cache/teacher/<dataset>-<arch>[-tag].pt)")
-    args = p.parse_args(argv)
-    info = dataset_info(args.dataset)
+    return parse_model_stage(p, argv, paths.teacher_path,
+                             "suffix of the output name, e.g. the config name: <dataset>-<arch>-<tag>.pt",
+                             "checkpoint path (default Defense/cache/teacher/<dataset>-<arch>[-tag].pt)",
+                             fill=family_defaults)
+
+
+def family_defaults(args, info):
+    """The flags left unset take the reference defaults of the dataset's family (DEFAULTS)."""
     opt, lr, wd, bs, ep, sched, ms = DEFAULTS[info.clean_aug]
-    args.model = args.model or info.teacher_arch
     args.optimizer = args.optimizer or opt
     args.lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.1)
     args.weight_decay = args.weight_decay if args.weight_decay is not None else wd
@@ -52,24 +54,13 @@ def parse(argv):
     args.epochs = args.epochs if args.epochs is not None else ep
     args.scheduler = args.scheduler or sched
     args.milestones = args.milestones if args.milestones is not None else list(ms)
-    args.out = args.out or paths.teacher_path(args.dataset, args.model, args.tag)
-    if args.epochs < 1 or args.batch_size < 1:
-        p.error("--epochs and --batch_size must be positive")
-    if args.model not in MODEL_NAMES:  # before any file is touched
-        p.error(f"unknown model '{args.model}'; valid models: {', '.join(MODEL_NAMES)}")
-    return args
 
 
 def main(argv):
-    args = parse(argv)
-    info = dataset_info(args.dataset)
-    run = RunState(args.out, "teacher-state", args.model, args)
-    if run.already_done():
-        return
-    device, amp, fmt = setup(args)
-    model = create_model(args.model, info.num_classes, info.in_channels)  # seeded by setup
-    data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, device)
-    model = model.to(device, memory_format=fmt)
+    train_model(parse(argv), "teacher-state", train)
+
+
+def train(args, run, info, device, amp, fmt, model, data):
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = num_batches(len(data.train), args.batch_size)
     scheduler = make_scheduler(args.scheduler, optimizer, args.epochs * steps_per_epoch,

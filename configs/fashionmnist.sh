@@ -24,3 +24,4 @@ STUDENTS=(lenet5)
 QUERY_BUDGET=2
 DFME_BATCH=256
 DFME_ARGS=(--ngf 32 --steps 0.5 0.8)
+# MISINFO_ARCH=lenet5       # train.sh: the adaptive-misinformation model, Defense/cache/misinfo/fashionmnist-lenet5.pt

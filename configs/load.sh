@@ -22,6 +22,10 @@ DFME_ARGS=()           # extra flags for DFME/dfme.py (every attack)
 KNOCKOFF_BUDGET=0.02   # Knockoff's query budget in millions of images (0.02 = 20,000)
 KNOCKOFF_POOLS=()      # query pools of test.sh's Knockoff attacks (empty: the config's dataset)
 KNOCKOFF_ARGS=()       # extra flags for DFME/knockoff.py (every attack)
+DISGUIDE_ARGS=()       # extra flags for DFME/disguide.py (every disguide_attack call)
+MISINFO_ARCH=""        # set (e.g. lenet5): train.sh also trains the misinformation model of the adaptive-
+                       # misinformation API defense, Defense/cache/misinfo/<dataset>-<arch>[-tag].pt
+MISINFO_ARGS=()        # extra flags for Defense/train_misinformation.py (e.g. --epochs 5)
 RESULTS=results/results.csv
 # shellcheck source=/dev/null
 source "configs/${CONFIG}.sh"
@@ -43,29 +47,43 @@ train_member() {  # arch lambda T alpha attacker tag seed [extra flags...]
         --lambda_ "$lambda" --T "$T" --alpha "$alpha" --epochs "$DEFENSE_EPOCHS" --batch_size "$DEFENSE_BATCH" \
         --lr_defense "$LR_DEFENSE" --lr_attacker "$LR_ATTACKER" --a_iter "$A_ITER" "${DEFENSE_ARGS[@]}" "$@"
 }
+train_misinfo() {  # arch tag seed [extra flags...]
+    local arch="$1" tag="$2" seed="$3"
+    shift 3
+    python Defense/train_misinformation.py "${COMMON[@]}" --seed "$seed" ${tag:+--tag "$tag"} --resume "$RESUME" \
+        --model "$arch" "${MISINFO_ARGS[@]}" "$@"
+}
 build_ensemble() {  # tag member... (each ARCH:TAG)
     local tag="$1"
     shift
     python Defense/ensemble.py "${COMMON[@]}" ${tag:+--tag "$tag"} --teacher_tag "$TAG" \
         --teacher_model "$TEACHER_MODEL" --members "$@"
 }
+run_attack() {  # entry-point label seed budget flags...: what every attack call shares
+    local script="$1" label="$2" seed="$3" budget="$4"
+    shift 4
+    python "$script" --dataset "$DATASET" --device "$DEVICE" --progress "$PROGRESS" --resume "$RESUME" \
+        ${VAL_SIZE:+--val_size "$VAL_SIZE"} "${ATTACK_TAGARG[@]}" --seed "$seed" --label "$label" \
+        --teacher_model "$TEACHER_MODEL" --student_model "${STUDENT:-${STUDENTS[0]}}" --query_budget "$budget" \
+        --config "$CONFIG" --results "$RESULTS" "$@"
+}
 dfme_attack() {  # label seed victim-and-extra-flags...
     local label="$1" seed="$2"
     shift 2
     echo "== DFME: $label, seed $seed"
-    python DFME/dfme.py --dataset "$DATASET" --device "$DEVICE" --progress "$PROGRESS" --resume "$RESUME" \
-        ${VAL_SIZE:+--val_size "$VAL_SIZE"} "${ATTACK_TAGARG[@]}" --seed "$seed" --label "$label" \
-        --teacher_model "$TEACHER_MODEL" --student_model "${STUDENT:-${STUDENTS[0]}}" --query_budget "$QUERY_BUDGET" \
-        --batch_size "$DFME_BATCH" --config "$CONFIG" --results "$RESULTS" "${DFME_ARGS[@]}" "$@"
+    run_attack DFME/dfme.py "$label" "$seed" "$QUERY_BUDGET" --batch_size "$DFME_BATCH" "${DFME_ARGS[@]}" "$@"
 }
 knockoff_attack() {  # label seed pool victim-and-extra-flags...
     local label="$1" seed="$2" pool="$3"
     shift 3
     echo "== Knockoff: $label, pool $pool, seed $seed"
-    python DFME/knockoff.py --dataset "$DATASET" --device "$DEVICE" --progress "$PROGRESS" --resume "$RESUME" \
-        ${VAL_SIZE:+--val_size "$VAL_SIZE"} "${ATTACK_TAGARG[@]}" --seed "$seed" --label "$label" \
-        --teacher_model "$TEACHER_MODEL" --student_model "${STUDENT:-${STUDENTS[0]}}" --pool "$pool" \
-        --query_budget "$KNOCKOFF_BUDGET" --config "$CONFIG" --results "$RESULTS" "${KNOCKOFF_ARGS[@]}" "$@"
+    run_attack DFME/knockoff.py "$label" "$seed" "$KNOCKOFF_BUDGET" --pool "$pool" "${KNOCKOFF_ARGS[@]}" "$@"
+}
+disguide_attack() {  # label seed victim-and-extra-flags...: DisGUIDE at DFME's budget and batch size
+    local label="$1" seed="$2"
+    shift 2
+    echo "== DisGUIDE: $label, seed $seed"
+    run_attack DFME/disguide.py "$label" "$seed" "$QUERY_BUDGET" --batch_size "$DFME_BATCH" "${DISGUIDE_ARGS[@]}" "$@"
 }
 victim_flags() {  # teacher | ensemble [tag]: the --victim flags of the config's teacher or an ensemble
     if [ "$1" = teacher ]; then echo --victim teacher ${TAG:+--teacher_tag "$TAG"}

@@ -20,3 +20,4 @@ STUDENTS=(lenet5)
 QUERY_BUDGET=0.2
 DFME_BATCH=64          # DFME uses 256; at a small budget smaller batches give the student 4x more steps
 DFME_ARGS=(--ngf 32)   # a narrower generator than DFME's 64, ~3x cheaper, so two attacks fit in minutes
+# MISINFO_ARCH=lenet5       # train.sh: the adaptive-misinformation model, Defense/cache/misinfo/fashionmnist-lenet5-quick.pt

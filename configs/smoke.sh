@@ -22,3 +22,7 @@ DFME_BATCH=64
 DFME_ARGS=(--epoch_itrs 10 --ngf 16)
 KNOCKOFF_BUDGET=0.002  # 2,000 pool images
 KNOCKOFF_ARGS=(--epochs 5)
+DISGUIDE_ARGS=(--epoch_itrs 10 --ngf 16 --replay_batch 64)  # disguide_attack (tests/test_adaptive.py)
+# MISINFO_ARCH=lenet5fifth  # train.sh: the adaptive-misinformation model (--api_defense adaptive_misinformation:
+#                            # tau=0.9,nu=100,model=Defense/cache/misinfo/synthetic-lenet5fifth.pt)
+# MISINFO_ARGS=(--epochs 1)

@@ -10,7 +10,7 @@ import os
 
 import torch.nn.functional as F
 
-from misleader import checkpoint, paths
+from misleader import api_defense, checkpoint, paths
 from misleader.cli import add_common, add_run_flags
 from misleader.data import dataset_info, load_dataset
 from misleader.loop import RunState
@@ -38,6 +38,9 @@ def add_attack_flags(p, budget_help):
     p.add_argument("--victim_output", default="probs", choices=["probs", "label"],
                    help="what the victim API returns: probabilities (what a real API gives) or only the top-1 label "
                         "(the attacker then trains on one-hot answers)")
+    p.add_argument("--api_defense", default="none",
+                   help="an output defense of the API, applied to the victim's probabilities before the answer "
+                        f"(and before the label): {api_defense.USAGE}. See misleader/api_defense.py")
     p.add_argument("--query_budget", type=float, help=budget_help)
     p.add_argument("--student_model", default="lenet5", help="clone architecture")
     p.add_argument("--label", default=None, help="name of this victim in results and reports (default: the victim)")
@@ -51,6 +54,7 @@ def add_attack_flags(p, budget_help):
 def finish_parse(args):
     info = dataset_info(args.dataset)
     args.teacher_model = args.teacher_model or info.teacher_arch
+    args.api_defense = api_defense.canonical(args.api_defense)  # a bad spec stops here, one line, exit 2
     return args
 
 
@@ -68,16 +72,27 @@ class AttackStage:
                                                                args.ensemble_tag, args.teacher_tag,
                                                                args.victim_weights)
         self.label = args.label or victim_label
-        name = self.label if attack in ("dfme", "maze") else f"{self.label}-{attack}"
+        self.defense = api_defense.build(args.api_defense, info)
+        name = self.label + (f"+{self.defense.slug}" if self.defense else "")  # a defended run: its own files
+        name = name if attack in ("dfme", "maze") else f"{name}-{attack}"
         self.out = paths.attack_path(args.dataset, name, args.student_model, args.seed, args.tag)
         self.run = RunState(self.out, state_kind, args.student_model, args, also_writes=[args.results])
         self.run_name = args.run_name or os.path.basename(self.out)[:-3]
         self.data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, self.device)
         self.victim_model = model.to(self.device, memory_format=self.fmt).eval()
         self.test_x = self.data.normalize(self.data.test.x).contiguous(memory_format=self.fmt)
-        self.victim_pred = predict(self.victim_model, self.test_x, amp=self.amp).argmax(1)
-        self.victim_acc = (self.victim_pred == self.data.test.y).float().mean().item()
-        self.victim = BlackBox(self.victim_model, budget, output=args.victim_output)
+        probs = predict(self.victim_model, self.test_x, amp=self.amp)
+        self.victim_pred = probs.argmax(1)
+        self.victim_acc = (self.victim_pred == self.data.test.y).float().mean().item()  # the raw model's
+        if self.defense:
+            self.defense.to(self.device, self.fmt)
+        # utility as users get it: the served answers on the test set, computed here (no query counted)
+        self.served_acc, self.served_l1 = api_defense.served_utility(self.defense, probs, self.test_x,
+                                                                     self.data.test.y, self.amp)
+        if self.defense:
+            print(f"API defense {args.api_defense}: served test acc {self.served_acc:.4f} (raw model "
+                  f"{self.victim_acc:.4f}), mean L1 served - raw probabilities {self.served_l1:.4f}")
+        self.victim = BlackBox(self.victim_model, budget, output=args.victim_output, defense=self.defense)
 
     def already_recorded(self):
         """--resume 1 on a run that finished (output saved, row written, no state left): say so."""
@@ -94,7 +109,8 @@ class AttackStage:
         clone_acc, fidelity, _ = self.evaluate(student)
         best = max(best_acc, clone_acc)
         metrics = {"clone_acc": clone_acc, "clone_best_acc": best, "fidelity": fidelity,
-                   "queries_used": self.victim.used, "victim_acc": self.victim_acc}
+                   "queries_used": self.victim.used, "victim_acc": self.victim_acc, "api_defense": a.api_defense,
+                   "served_acc": self.served_acc, "served_l1": self.served_l1}
         payload = checkpoint.classifier_payload(student, a.student_model, a.dataset, self.info.num_classes,
                                                 self.info.in_channels, metrics, vars(a), a.seed, kind="attack")
         payload.update({"victim_path": self.victim_path, **(extra_payload or {})})
@@ -105,12 +121,15 @@ class AttackStage:
                "fidelity": f"{fidelity:.4f}", "seed": a.seed, "probs_as_logits": int(getattr(a, "probs_as_logits", 0)),
                "query_range": getattr(a, "query_range", ""), "label": self.label, "config": a.config,
                "settings": settings, "victim_path": self.victim_path, "run_dir": log_dir, "attack_path": self.out,
-               "wall_s": f"{wall:.1f}", "git_commit": git_commit(), "date": datetime.date.today().isoformat()}
+               "wall_s": f"{wall:.1f}", "git_commit": git_commit(), "date": datetime.date.today().isoformat(),
+               "api_defense": a.api_defense, "served_acc": f"{self.served_acc:.4f}",
+               "served_l1": f"{self.served_l1:.6f}"}
         if not (a.resume and has_row(a.results, self.out)):  # a run killed after writing its row adds it once
             append_row(a.results, row)
         self.run.close()
-        print(f"done: victim {self.label} acc {self.victim_acc:.4f} | {self.attack} clone {a.student_model} acc "
-              f"{clone_acc:.4f} (best {best:.4f}) fidelity {fidelity:.4f} | {self.victim.used}/{self.victim.budget} "
+        served = f" (served {self.served_acc:.4f}, L1 {self.served_l1:.4f}, {a.api_defense})" if self.defense else ""
+        print(f"done: victim {self.label} acc {self.victim_acc:.4f}{served} | {self.attack} clone {a.student_model} "
+              f"acc {clone_acc:.4f} (best {best:.4f}) fidelity {fidelity:.4f} | {self.victim.used}/{self.victim.budget} "
               f"queries | {self.victim.used / max(wall, 1e-9):.0f} queries/s | saved {self.out}")
         return row
 

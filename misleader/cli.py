@@ -3,7 +3,9 @@
 import argparse
 import sys
 
+from misleader.data import dataset_info
 from misleader.errors import NonFiniteLoss, UserError
+from misleader.models import MODEL_NAMES
 
 
 class Parser(argparse.ArgumentParser):
@@ -51,6 +53,26 @@ def add_run_flags(p, tag_help, out_help=None):
                         "and on SIGINT/SIGTERM) and skips a run that already finished")
     p.add_argument("--save_every_min", type=float, default=5.0, help="also save resumable state every N minutes")
     return p
+
+
+def parse_model_stage(p, argv, out_path, tag_help, out_help, fill=None):
+    """Parse ``argv`` for a stage that trains one classifier, --model, into --out (the teacher, the
+    misinformation model); ``p`` holds its flags but the run flags, added here. After parsing, ``fill(args, info)``
+    sets the stage's own defaults from the dataset's info; --model defaults to the dataset's teacher architecture,
+    --out to out_path(dataset, model, tag). --epochs and --batch_size must be positive and --model known: errors
+    (exit 2) before any file is touched."""
+    add_run_flags(p, tag_help, out_help)
+    args = p.parse_args(argv)
+    info = dataset_info(args.dataset)
+    if fill is not None:
+        fill(args, info)
+    args.model = args.model or info.teacher_arch
+    args.out = args.out or out_path(args.dataset, args.model, args.tag)
+    if args.epochs < 1 or args.batch_size < 1:
+        p.error("--epochs and --batch_size must be positive")
+    if args.model not in MODEL_NAMES:
+        p.error(f"unknown model '{args.model}'; valid models: {', '.join(MODEL_NAMES)}")
+    return args
 
 
 def main_wrapper(main):

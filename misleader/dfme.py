@@ -3,6 +3,11 @@
 Per iteration: g_iter generator steps (zeroth-order gradients through the victim), then d_iter
 student steps (the student imitates the victim's recovered logits on fresh generator samples).
 The attack holds nothing but the BlackBox; evaluation of the clone happens in a callback.
+
+Two options adapt the attacker to a defense whose answers put many classes near zero probability (both off
+by default, DFME as published): ``logit_floor`` raises probabilities below it to it before log p and the mean
+correction, and ``target="probs"`` has the student match the victim's probabilities instead of recovered
+logits; either applies to the student's targets and to the generator's zeroth-order loss alike.
 """
 
 import math
@@ -14,7 +19,7 @@ import torch.nn.functional as F
 
 from misleader import zoo
 from misleader.errors import NonFiniteLoss, UserError
-from misleader.losses import per_sample_disagreement, student_loss
+from misleader.losses import TARGETS, per_sample_disagreement, student_loss
 from misleader.models import Generator, create_model
 from misleader.runtime import autocast, seeded
 from misleader.victim import logits_from_probs
@@ -41,6 +46,13 @@ class DFMEConfig:
     g_optimizer: str = "adam"  # MAZE: sgd
     probs_as_logits: bool = False
     query_range: str = "tanh"  # "tanh": tanh(G(z)) is the normalized input (DFME); "data": see query_map
+    # Attackers that adapt to a defense whose answers put classes near zero probability (off: DFME as published)
+    logit_floor: float = 0.0  # probabilities below it are raised to it before log p and the mean correction
+    target: str = "logits"  # what the student matches: recovered logits (DFME) or the victim's probabilities
+
+    # not fields: how a subclass (misleader.disguide's config) differs
+    unused = ()  # fields the attack ignores: left at their defaults, out of the settings text and the state
+    cost_formula = "batch_size*(g_iter*(grad_m+1)+d_iter)"  # cost_per_iteration, as the budget error names it
 
     @property
     def cost_per_iteration(self):
@@ -55,21 +67,64 @@ class DFMEConfig:
             raise UserError(f"--query_budget must be positive, got {self.query_budget / 1e6:g}M")
         if self.query_budget < self.cost_per_iteration:
             raise UserError(f"--query_budget {self.query_budget} queries is less than one iteration's cost of "
-                            f"{self.cost_per_iteration} = batch_size*(g_iter*(grad_m+1)+d_iter); "
-                            f"minimum is {self.cost_per_iteration / 1e6:g}M")
+                            f"{self.cost_per_iteration} = {self.cost_formula}; minimum is "
+                            f"{self.cost_per_iteration / 1e6:g}M")
         for name in ("batch_size", "epoch_itrs", "g_iter", "d_iter", "grad_m", "nz"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.grad_epsilon <= 0:
             raise UserError(f"--grad_epsilon must be positive, got {self.grad_epsilon}")
-        if self.loss not in ("l1", "kl"):
-            raise UserError(f"--loss must be l1 or kl, got {self.loss}")
         if self.query_range not in ("tanh", "data"):
             raise UserError(f"--query_range must be tanh or data, got {self.query_range}")
         if self.g_optimizer not in ("adam", "sgd"):
             raise UserError(f"--g_optimizer must be adam or sgd, got {self.g_optimizer}")
         if self.scheduler not in ("multistep", "cosine", "none"):
             raise UserError(f"--scheduler must be multistep, cosine or none, got {self.scheduler}")
+        check_targets(self)
+
+    def as_dict(self):
+        """The fields and their values (dataclasses.asdict), less those in ``unused``."""
+        return {k: v for k, v in asdict(self).items() if k not in self.unused}
+
+
+def check_targets(cfg, num_classes=None):
+    """The target options (--loss, --target, --logit_floor) of an attack config, as UserErrors; with
+    ``num_classes``, also that the floor leaves room for an answer (floor * classes < 1)."""
+    if cfg.loss not in ("l1", "kl"):
+        raise UserError(f"--loss must be l1 or kl, got {cfg.loss}")
+    if cfg.target not in TARGETS:
+        raise UserError(f"--target must be logits or probs, got {cfg.target}")
+    if not 0 <= cfg.logit_floor < 1:
+        raise UserError(f"--logit_floor must be in [0, 1), got {cfg.logit_floor:g}")
+    if num_classes is not None and cfg.logit_floor * num_classes >= 1:
+        raise UserError(f"--logit_floor {cfg.logit_floor:g} times {num_classes} classes is not below 1: every "
+                        "answer would be flattened to the uniform distribution")
+    if cfg.logit_floor and cfg.target == "probs":
+        raise UserError("--logit_floor clips recovered logits; it has no effect with --target probs")
+    if cfg.probs_as_logits and (cfg.logit_floor or cfg.target == "probs"):
+        raise UserError("--probs_as_logits 1 reproduces earlier code's handicap; it cannot be combined with "
+                        "--logit_floor or --target probs")
+
+
+def answer_targets(answer, output, num_classes, target="logits", logit_floor=0.0, probs_as_logits=False):
+    """What the attacker trains on, from one victim answer of the given BlackBox output mode.
+
+    target "logits" (DFME): probabilities are raised to ``logit_floor`` (0: off), then log p minus its mean
+    (victim.logits_from_probs); a raw-logits answer is centred, or with a floor taken through its softmax
+    first; a label answer (label-only API) is the one-hot vector minus its mean (no floor). target "probs": the
+    probabilities (softmax of a raw-logits answer; the one-hot vector of a label)."""
+    if output == "label":
+        answer = F.one_hot(answer, num_classes).float()
+        return answer if target == "probs" else answer - answer.mean(1, keepdim=True)
+    if output != "probs" and (target == "probs" or logit_floor):
+        answer, output = F.softmax(answer.float(), 1), "probs"
+    if output != "probs":
+        return answer - answer.mean(1, keepdim=True)
+    if target == "probs":
+        return answer
+    if logit_floor:
+        answer = answer.clamp(min=logit_floor)
+    return logits_from_probs(answer, probs_as_logits)
 
 
 # MAZE's settings on top of DFME's: KL loss, batch 128, 10 directions, SGD generator (momentum 0.9, weight decay
@@ -90,10 +145,19 @@ def query_map(query_range, mean, std):
     return 0.5 / std, (0.5 - mean) / std
 
 
+ADAPTIVE_DEFAULTS = {"logit_floor": 0.0, "target": "logits"}  # DFME as published
+
+
 def settings_text(cfg, **extra):
     """The attack's defining settings as one 'key=value ...' string (results.csv's settings column): every
-    DFMEConfig field except those with columns of their own (query_budget, probs_as_logits, query_range)."""
-    fields = {k: v for k, v in asdict(cfg).items() if k not in ("query_budget", "probs_as_logits", "query_range")}
+    field of the config (cfg.as_dict(): a DFMEConfig or a subclass's) except those with columns of their own
+    (query_budget, probs_as_logits, query_range).
+    logit_floor and target appear only when they are not DFME's (off, logits): a plain DFME row keeps the text
+    of the rows written before they existed, so the report still groups them together."""
+    fields = {k: v for k, v in cfg.as_dict().items() if k not in ("query_budget", "probs_as_logits", "query_range")}
+    for k, published in ADAPTIVE_DEFAULTS.items():
+        if fields.get(k) == published:
+            del fields[k]
     fields.update(extra)
     return " ".join(f"{k}={','.join(f'{x:g}' for x in v) if isinstance(v, (tuple, list)) else v}"
                     for k, v in fields.items())
@@ -132,9 +196,12 @@ class DFME:
     that enters a finite difference (victim and student at the perturbed points) stays float32.
     ``mean``/``std`` are the victim data's normalization constants, used by ``cfg.query_range``."""
 
+    name = "DFME"  # in error messages
+
     def __init__(self, cfg, victim, student, generator, num_classes, device, amp=None,
                  memory_format=torch.contiguous_format, seed=0, mean=(0.0,), std=(1.0,)):
         cfg.validate()
+        check_targets(cfg, num_classes)
         self.q_scale, self.q_shift = (t.to(device) for t in query_map(cfg.query_range, mean, std))
         self.cfg, self.victim, self.student, self.generator = cfg, victim, student, generator
         self.num_classes, self.device, self.amp, self.fmt = num_classes, device, amp, memory_format
@@ -145,7 +212,11 @@ class DFME:
                                          weight_decay=cfg.weight_decay)
         else:
             self.opt_G = torch.optim.Adam(generator.parameters(), lr=cfg.lr_G)
-        self.rng = torch.Generator(device=device).manual_seed(seed)
+        self._start(seed)
+
+    def _start(self, seed):
+        """RNG, first epoch's learning rates, progress counters: the state before the first iteration."""
+        self.rng = torch.Generator(device=self.device).manual_seed(seed)
         self.set_lr(1)
         self.epoch, self.itr = 0, 0  # completed epochs, completed iterations within the current epoch
         self.best_acc = -1.0
@@ -163,14 +234,18 @@ class DFME:
 
     # -- victim answers as the attacker sees them
     def victim_logits(self, x):
-        """probs: log p minus its mean; label (a label-only API): the one-hot answer minus its mean, which
-        carries no zeroth-order signal (a small step rarely changes the label); logits: as given, centred."""
-        answer = self.victim(x)
-        if self.victim.output == "probs":
-            return logits_from_probs(answer, self.cfg.probs_as_logits)
-        if self.victim.output == "label":
-            answer = F.one_hot(answer, self.num_classes).float()
-        return answer - answer.mean(1, keepdim=True)
+        """probs: log p (p raised to --logit_floor first, if set) minus its mean; label (a label-only API): the
+        one-hot answer minus its mean, which carries no zeroth-order signal (a small step rarely changes the
+        label); logits: as given, centred. One victim call of x.shape[0] queries."""
+        return answer_targets(self.victim(x), self.victim.output, self.num_classes, "logits", self.cfg.logit_floor,
+                              self.cfg.probs_as_logits)
+
+    def victim_targets(self, x):
+        """What the student matches and the generator's loss compares with: victim_logits, or with --target
+        probs the victim's probabilities. One victim call of x.shape[0] queries."""
+        cfg = self.cfg
+        return answer_targets(self.victim(x), self.victim.output, self.num_classes, cfg.target, cfg.logit_floor,
+                              cfg.probs_as_logits)
 
     def sample(self, grad=False, pre_x=False):
         z = torch.randn(self.cfg.batch_size, self.cfg.nz, device=self.device, generator=self.rng)
@@ -182,13 +257,14 @@ class DFME:
         """DFME's zeroth-order estimate of d(-disagreement)/d x_pre, the gradient sent back into G.
 
         Per sample: d/eps * mean_m[(L(x + eps*u_m) - L(x)) * u_m] with L the negative per-sample disagreement
-        at tanh(.); in l1 mode DFME then divides by (num_classes * N), in kl mode it does not.
+        at tanh(.), against victim_targets (--target and --logit_floor apply here as in the student's targets);
+        in l1 mode DFME then divides by (num_classes * N), in kl mode it does not.
         Returns (gradient, L at x_pre)."""
         cfg = self.cfg
 
         def loss_at(points):  # what the generator maximises, per point; float32 throughout
             x = self.to_query(torch.tanh(points))
-            return -per_sample_disagreement(self.student(x).float(), self.victim_logits(x), cfg.loss)
+            return -per_sample_disagreement(self.student(x).float(), self.victim_targets(x), cfg.loss, cfg.target)
 
         grad, loss = zoo.forward_difference(loss_at, x_pre, cfg.grad_m, cfg.grad_epsilon, u)
         if cfg.loss == "l1":
@@ -209,10 +285,10 @@ class DFME:
 
     def student_step(self):
         x = self.sample(grad=False)
-        target = self.victim_logits(x)
+        target = self.victim_targets(x)
         with autocast(self.device, self.amp):
             out = self.student(x)
-        loss = student_loss(out.float(), target, self.cfg.loss)
+        loss = student_loss(out.float(), target, self.cfg.loss, self.cfg.target)
         self.opt_S.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_S.step()
@@ -257,7 +333,7 @@ class DFME:
                 g, s = self.iteration()
                 if not (math.isfinite(g) and math.isfinite(s)):  # stop before on_iteration can save the broken state
                     at = self.epoch * cfg.epoch_itrs + self.itr - 1
-                    raise NonFiniteLoss(f"non-finite DFME loss at iteration {at} (epoch {self.epoch + 1}): "
+                    raise NonFiniteLoss(f"non-finite {self.name} loss at iteration {at} (epoch {self.epoch + 1}): "
                                         f"loss_G {g:.4g}, loss_S {s:.4g}; the last good state is kept")
                 sums["g"], sums["s"], sums["n"], done = sums["g"] + g, sums["s"] + s, sums["n"] + 1, done + 1
                 sums["secs"] += time.time() - t0
@@ -284,7 +360,7 @@ class DFME:
                 "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(), "epoch": self.epoch,
                 "itr": self.itr, "best_acc": self.best_acc, "queries_used": self.victim.used, "sums": dict(self.sums),
                 "wall_s": self.wall_s(),
-                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.cfg).items()}}
+                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.cfg.as_dict().items()}}
 
     def load_state_dict(self, st):
         self.student.load_state_dict(st["student"])

@@ -2,7 +2,8 @@
 owner lock on its output, the state file ``<out>.state.pt`` with the run's defining flags, "already done"
 on --resume 1, saves every few minutes and on SIGINT/SIGTERM, cleanup at the end. ``EpochLoop`` is the
 epoch loop of the stages that train over a data split (teacher, defense, Knockoff): resumable at any batch,
-saved every epoch, stopped with exit code 3 by a non-finite loss.
+saved every epoch, stopped with exit code 3 by a non-finite loss. ``train_model`` is the head of the stages
+that train one classifier (teacher, misinformation model): run, seeding, model, data.
 
 EpochLoop's state holds every model, optimiser and schedule (``stateful``), the RNG states, the position
 (epoch, batch), the partial epoch's losses and the best-so-far model, so a run killed at any moment and
@@ -17,8 +18,10 @@ import time
 import torch
 
 from misleader import checkpoint, runlock
-from misleader.data import batches, num_batches
+from misleader.data import batches, dataset_info, load_dataset, num_batches
+from misleader.models import create_model
 from misleader.progress import progress_bar
+from misleader.runtime import setup
 from misleader.train import check_finite
 
 
@@ -88,6 +91,21 @@ class RunState:
         """The run finished: its state file goes."""
         if os.path.isfile(self.file):
             os.remove(self.file)
+
+
+def train_model(args, kind, train):
+    """The head of a stage that trains one classifier, ``args.model``, into ``args.out`` (the teacher, the
+    misinformation model): the run (RunState of state kind ``kind``); nothing more when --resume 1 finds it done.
+    Else setup(args) seeds every RNG, the model is initialised right after it, the dataset is loaded, and
+    ``train(args, run, info, device, amp, fmt, model, data)`` does the rest, the model on the device."""
+    info = dataset_info(args.dataset)
+    run = RunState(args.out, kind, args.model, args)
+    if run.already_done():
+        return
+    device, amp, fmt = setup(args)
+    model = create_model(args.model, info.num_classes, info.in_channels)  # seeded by setup
+    data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, device)
+    train(args, run, info, device, amp, fmt, model.to(device, memory_format=fmt), data)
 
 
 class EpochLoop:

@@ -1,5 +1,6 @@
 """Losses of the defense (distillation, attack-aware member loss, surrogate loss) and of DFME."""
 
+import torch
 import torch.nn.functional as F
 
 PROB_FLOOR = 1e-7  # probabilities inside the attack KL are clamped here, which bounds it by log(1/1e-7) ~ 16.1
@@ -36,19 +37,35 @@ def surrogate_loss(member_proxy, surrogate_proxy):
     return clamped_kl(member_proxy.detach(), surrogate_proxy)
 
 
-def student_loss(student_logits, victim_logits, kind="l1"):
-    """DFME clone loss: L1 between logits, or KL(victim || student) for the MAZE-style 'kl'."""
+TARGETS = ("logits", "probs")
+
+
+def student_loss(student_logits, target, kind="l1", space="logits"):
+    """DFME clone loss, a batch mean. space "logits" (DFME): ``target`` holds the victim's (recovered) logits; L1
+    between logits, or KL(victim || student) for the MAZE-style 'kl'. space "probs": ``target`` holds the
+    victim's probabilities; L1 between softmax(student) and them, or the same KL(victim || student)."""
+    if space == "probs":
+        return per_sample_disagreement(student_logits, target, kind, space).mean()
+    if space != "logits":
+        raise ValueError(f"unknown target space '{space}'")
     if kind == "l1":
-        return F.l1_loss(student_logits, victim_logits)
+        return F.l1_loss(student_logits, target)
     if kind == "kl":
-        return F.kl_div(F.log_softmax(student_logits, 1), F.log_softmax(victim_logits, 1),
+        return F.kl_div(F.log_softmax(student_logits, 1), F.log_softmax(target, 1),
                         reduction="batchmean", log_target=True)
     raise ValueError(f"unknown loss '{kind}'")
 
 
-def per_sample_disagreement(student_logits, victim_logits, kind="l1"):
-    """Per-sample clone loss (L1 averaged over classes, or KL), the quantity the generator maximises."""
+def per_sample_disagreement(student_logits, target, kind="l1", space="logits"):
+    """Per-sample clone loss (L1 averaged over classes, or KL), the quantity the generator maximises; ``target``
+    and ``space`` as in student_loss."""
+    if kind not in ("l1", "kl"):
+        raise ValueError(f"unknown loss '{kind}'")
+    if space == "probs":
+        if kind == "l1":
+            return (F.softmax(student_logits, 1) - target).abs().mean(1)
+        return (torch.xlogy(target, target) - target * F.log_softmax(student_logits, 1)).sum(1)
     if kind == "l1":
-        return (student_logits - victim_logits).abs().mean(1)
-    return F.kl_div(F.log_softmax(student_logits, 1), F.log_softmax(victim_logits, 1),
+        return (student_logits - target).abs().mean(1)
+    return F.kl_div(F.log_softmax(student_logits, 1), F.log_softmax(target, 1),
                     reduction="none", log_target=True).sum(1)

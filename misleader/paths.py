@@ -15,6 +15,11 @@ def member_path(dataset, arch, tag=None):
     return os.path.join("Defense", "cache", "defense", _tagged(f"{dataset}-{arch}", tag) + ".pt")
 
 
+def misinfo_path(dataset, arch, tag=None):
+    """The misinformation model of the adaptive-misinformation API defense (Defense/train_misinformation.py)."""
+    return os.path.join("Defense", "cache", "misinfo", _tagged(f"{dataset}-{arch}", tag) + ".pt")
+
+
 def ensemble_path(dataset, tag=None):
     return os.path.join("Defense", "ensemble", _tagged(dataset, tag) + ".pt")
 

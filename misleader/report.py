@@ -74,7 +74,7 @@ def _flag(row, col):
 
 # What defines an experiment: rows that agree on all of these are seeds of one experiment; nothing else is averaged.
 GROUP_FIELDS = ("config", "dataset", "label", "attack", "student_model", "query_budget", "query_range", "settings",
-                "probs_as_logits")
+                "probs_as_logits", "api_defense")
 
 
 def group_key(row):
@@ -83,6 +83,7 @@ def group_key(row):
     key["label"] = key["label"] or row.get("victim") or "?"
     key["query_range"] = key["query_range"] or "tanh"
     key["probs_as_logits"] = _flag(row, "probs_as_logits")
+    key["api_defense"] = key["api_defense"] or "none"  # rows from before --api_defense: the raw model's answers
     return tuple(key[f] for f in GROUP_FIELDS)
 
 
@@ -100,7 +101,8 @@ def _display_names(keys):
     ix = {f: i for i, f in enumerate(GROUP_FIELDS)}
     names = {k: k[ix["label"]] + (" (probs_as_logits)" if k[ix["probs_as_logits"]] else "") for k in keys}
     formats = {"config": "{} [config {}]", "dataset": "{} [{}]", "attack": "{} ({})", "student_model": "{} (student {})",
-               "query_budget": "{} ({} queries)", "query_range": "{} (query_range {})", "settings": "{} ({})"}
+               "query_budget": "{} ({} queries)", "query_range": "{} (query_range {})", "settings": "{} ({})",
+               "api_defense": "{} (defense {})"}
     for field, fmt in formats.items():
         same = {}
         for k, n in names.items():
@@ -148,13 +150,18 @@ def summarize(rows):
     for key, members in groups.items():
         col = {c: [_num(r, c, i) for i, r in members]
                for c in ("victim_acc", "clone_acc", "clone_best_acc", "fidelity", "queries_used")}
+        # a CSV from before --api_defense: the served answers were the raw model's
+        col["served_acc"] = [_num(r, "served_acc", i) if r.get("served_acc") else v
+                             for (i, r), v in zip(members, col["victim_acc"])]
+        col["served_l1"] = [_num(r, "served_l1", i) if r.get("served_l1") else 0.0 for i, r in members]
         budgets = sorted({_num(r, "query_budget", i, int) for i, r in members})
         k = dict(zip(GROUP_FIELDS, key))
         out.append({
             "victim": names[key], "dataset": k["dataset"], "label": k["label"],
             "probs_as_logits": int(k["probs_as_logits"]), "query_range": k["query_range"], "config": k["config"],
-            "attack": k["attack"], "settings": k["settings"],
-            "victim_acc": _mean(col["victim_acc"]),
+            "attack": k["attack"], "settings": k["settings"], "api_defense": k["api_defense"],
+            "victim_acc": _mean(col["victim_acc"]), "served_acc": _mean(col["served_acc"]),
+            "served_l1": _mean(col["served_l1"]),
             "clone_acc_mean": _mean(col["clone_acc"]), "clone_acc_std": _std(col["clone_acc"]),
             "clone_best_mean": _mean(col["clone_best_acc"]), "fidelity_mean": _mean(col["fidelity"]),
             "queries_used_mean": _mean(col["queries_used"]),
@@ -220,9 +227,13 @@ def _budget_text(b):
 
 
 def _table(summary):
+    """The results table; with any API defense among the victims, also the utility of the served answers."""
+    served = any(s["api_defense"] != "none" for s in summary)
     head = ["victim", "victim test acc (%)", "clone acc (%, mean ± std over seeds)", "best clone acc (%, max over epochs; not recomputed)", "fidelity (%)",
             "queries used / budget", "seeds"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 5 + ["---"]) + "|"]
+    if served:
+        head[2:2] = ["served test acc (%, the API's answers)", "served L1 (mean |served - raw probabilities|)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + ["---"]) + "|"]
     for s in summary:
         seeds = ", ".join(str(x) for x in s["seeds"])
         clone = _pct(s["clone_acc_mean"])
@@ -231,6 +242,8 @@ def _table(summary):
         cells = [s["victim"], _pct(s["victim_acc"]), clone,
                  _pct(s["clone_best_mean"]), _pct(s["fidelity_mean"]),
                  f"{round(s['queries_used_mean'])} / {_budget_text(s['query_budget'])}", f"{s['n_seeds']} ({seeds})"]
+        if served:
+            cells[2:2] = [_pct(s["served_acc"]), f"{s['served_l1']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -289,15 +302,16 @@ def plot_clone_vs_queries(curves, path, title):
 
 
 def plot_utility_vs_protection(summary, path, title):
-    """One point per victim: x = clone accuracy (mean ± std over seeds), y = victim test accuracy."""
+    """One point per victim: x = clone accuracy (mean ± std over seeds), y = test accuracy of the answers the API
+    serves (the victim's own without an API defense)."""
     fig, ax = _figure()
     for k, s in enumerate(summary):
-        x, y = 100 * s["clone_acc_mean"], 100 * s["victim_acc"]
+        x, y = 100 * s["clone_acc_mean"], 100 * s["served_acc"]
         ax.errorbar([x], [y], xerr=[100 * s["clone_acc_std"]], fmt="o", capsize=3, label=s["victim"])
         ax.annotate(s["victim"], (x, y), textcoords="offset points", xytext=(6, 6 if k % 2 == 0 else -12),
                     fontsize="small")
     ax.set_xlabel("clone test accuracy (%)  (lower = better protection)")
-    ax.set_ylabel("victim test accuracy (%)  (higher = more utility)")
+    ax.set_ylabel("served test accuracy (%)  (higher = more utility)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize="small")
@@ -337,6 +351,10 @@ def write_report(csv_path, out_dir, config=None):
              "Accuracies are on the test set, in percent, averaged over seeds (± is the sample standard deviation). "
              "Fidelity is the fraction of test images on which the clone agrees with the victim.", ""]
     lines += _table(summary)
+    if any(s["api_defense"] != "none" for s in summary):
+        lines += ["", ("Victim test acc is the model's own; served test acc is that of the answers its API serves "
+                       "under the API defense (--api_defense), and served L1 the mean L1 distance of those answers "
+                       "from the model's probabilities on the test set. Fidelity is to the model's own top-1.")]
     mixed = [s["victim"] for s in summary if not isinstance(s["query_budget"], int)]
     if mixed:
         lines += ["", f"Note: runs with different query budgets are averaged together for: {', '.join(mixed)} "

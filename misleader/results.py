@@ -14,9 +14,19 @@ from misleader.errors import UserError
 
 COLUMNS = ["dataset", "victim", "victim_acc", "attack", "student_model", "query_budget", "queries_used", "clone_acc",
            "clone_best_acc", "fidelity", "seed", "probs_as_logits", "label", "config", "victim_path", "run_dir",
-           "attack_path", "wall_s", "git_commit", "date", "query_range", "settings"]
-# What a column added later meant for the rows written before it existed ("" for settings: not recorded).
-EARLIER_VALUES = {"query_range": "tanh", "settings": ""}
+           "attack_path", "wall_s", "git_commit", "date", "query_range", "settings", "api_defense", "served_acc",
+           "served_l1"]
+# What a column added later meant for the rows written before it existed ("" for settings: not recorded); a
+# function gives it from the old row. Before --api_defense every answer was the raw model's: its served
+# accuracy is victim_acc and its distance to the raw probabilities 0.
+EARLIER_VALUES = {"query_range": "tanh", "settings": "", "api_defense": "none",
+                  "served_acc": lambda row: row.get("victim_acc", ""), "served_l1": "0"}
+
+
+def earlier_value(column, row):
+    """The value of ``column`` for a row written before the column existed."""
+    value = EARLIER_VALUES.get(column, "")
+    return value(row) if callable(value) else value
 
 
 def append_row(path, row):
@@ -63,7 +73,7 @@ def _add_columns(path, header):
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
-        w.writerows({**{c: EARLIER_VALUES.get(c, "") for c in COLUMNS[len(header):]}, **r} for r in rows)
+        w.writerows({**{c: earlier_value(c, r) for c in COLUMNS[len(header):]}, **r} for r in rows)
     os.replace(tmp, path)
 
 

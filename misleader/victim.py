@@ -17,15 +17,22 @@ class BlackBox:
     ``x.shape[0]`` queries; a call that would exceed ``budget`` raises BudgetExceeded and answers nothing.
 
     output: "probs" (default, as a real API), "logits" (the model's raw outputs; for an ensemble the
-    log of its averaged probabilities) or "label" (top-1 class indices)."""
+    log of its averaged probabilities) or "label" (top-1 class indices).
 
-    def __init__(self, model, budget, output="probs", amp=None, chunk=8192):
+    defense: an output defense (misleader.api_defense.APIDefense, or any ``f(probs, x) -> probs``), applied to
+    the model's probabilities after the model and before the answer: "probs" answers the defended
+    probabilities, "label" their top-1 class; "logits" (the raw model) cannot be defended."""
+
+    def __init__(self, model, budget, output="probs", amp=None, chunk=8192, defense=None):
         if output not in OUTPUT_MODES:
             raise ValueError(f"output must be one of {OUTPUT_MODES}, got {output!r}")
         if budget <= 0:
             raise ValueError(f"budget must be positive, got {budget}")
+        if defense is not None and output == "logits":
+            raise ValueError("an output defense answers probabilities or labels, not the raw logits")
         self._model = model.eval()
         self.budget, self.output, self.amp, self.chunk = int(budget), output, amp, chunk
+        self._defense = defense
         self.used = 0
 
     @property
@@ -39,10 +46,14 @@ class BlackBox:
             raise BudgetExceeded(f"query of {n} samples refused: {self.used} of {self.budget} used, {self.left} left")
         outs = []
         for i in range(0, n, self.chunk):
+            xc = x[i:i + self.chunk]
             with autocast(x.device, self.amp):
-                outs.append(self._model(x[i:i + self.chunk]).float())
+                out = self._model(xc).float()
+                outs.append(out if self._defense is None else self._defense(F.softmax(out, 1), xc).float())
         out = torch.cat(outs)
         self.used += n
+        if self._defense is not None:  # out: the defended probabilities
+            return out.argmax(1) if self.output == "label" else out
         if self.output == "probs":
             return F.softmax(out, 1)
         if self.output == "label":

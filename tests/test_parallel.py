@@ -43,7 +43,8 @@ def test_eight_writers_append_every_row_once_under_one_header(tmp_path):
         path = str(tmp_path / f"results-{earlier}.csv")
         if earlier:
             with open(path, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=COLUMNS[:-2])  # from before the last two columns existed
+                # from before query_range and every later column existed
+                w = csv.DictWriter(f, fieldnames=COLUMNS[:COLUMNS.index("query_range")])
                 w.writeheader()
                 w.writerows({"dataset": "synthetic", "victim": "earlier", "seed": i} for i in range(earlier))
         eight_writers(path, str(tmp_path / f"gate-{earlier}"))

@@ -1,0 +1,286 @@
+"""Output defenses on the served API (misleader/api_defense.py): each formula against a hand computation, the
+counted BlackBox with a defense, the spec's errors, the misinformation stage, and every defense through a tiny
+attack's entry point with the served utility in its results row."""
+
+import csv
+import functools
+import importlib.util
+import math
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+from helpers import Counting
+
+from misleader import api_defense, checkpoint, data, paths, report
+from misleader.api_defense import adaptive_misinformation, reverse_sigmoid, rounding, topk
+from misleader.data import dataset_info, load_dataset
+from misleader.errors import UserError
+from misleader.evaluate import predict
+from misleader.models import create_model
+from misleader.results import COLUMNS, append_row, read_rows
+from misleader.victim import BlackBox, BudgetExceeded
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+X = torch.zeros(2, 1)  # the query batch, for the defenses that do not look at it
+
+
+def _script(*parts):
+    name = "entry_" + "_".join(parts).replace(".", "_")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, *parts))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class Fixed(nn.Module):
+    """Answers the same logits for every input."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.register_buffer("z", torch.tensor(logits))
+
+    def forward(self, x):
+        return self.z.expand(x.shape[0], -1)
+
+
+def _close(a, b, tol=1e-6):
+    a, b = torch.as_tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
+    assert torch.allclose(a, b, atol=tol), (a, b)
+
+
+# ----------------------------------------------------------------------------- the formulas
+
+def test_rounding_by_hand():
+    p = torch.tensor([[0.123, 0.456, 0.421], [0.051, 0.949, 0.0]])
+    _close(rounding(p, X, 1), [[0.1, 0.5, 0.4], [0.1, 0.9, 0.0]])
+    _close(rounding(p, X, 2), [[0.12, 0.46, 0.42], [0.05, 0.95, 0.0]])
+    _close(rounding(p, X, 0), [[0.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # not renormalised: a row may round to 0
+
+
+def test_topk_by_hand():
+    p = torch.tensor([[0.1, 0.5, 0.15, 0.25], [0.4, 0.1, 0.3, 0.2]])
+    _close(topk(p, X, 2), [[0, 0.5 / 0.75, 0, 0.25 / 0.75], [0.4 / 0.7, 0, 0.3 / 0.7, 0]])
+    assert torch.equal(topk(p, X, 1), torch.tensor([[0.0, 1, 0, 0], [1, 0, 0, 0]]))  # k=1: a one-hot label
+    _close(topk(p, X, 4), p.tolist())
+
+
+def _reverse_sigmoid_by_hand(p, beta, gamma):
+    c = [min(max(v, 1e-9), 1 - 1e-9) for v in p]
+    r = [beta * (v ** gamma / (v ** gamma + (1 - v) ** gamma) - 0.5) for v in c]  # sigmoid(gamma * logit(v))
+    q = [min(max(v - s, 0.0), 1.0) for v, s in zip(c, r)]
+    return [v / sum(q) for v in q]
+
+
+def test_reverse_sigmoid_by_hand():
+    # gamma = 1: sigmoid(logit(p)) = p, so q = p - beta (p - 1/2) = 0.5 p + 0.25 for beta 0.5
+    _close(reverse_sigmoid(torch.tensor([[0.7, 0.2, 0.1]]), X, 0.5, 1.0), [[0.6 / 1.25, 0.35 / 1.25, 0.3 / 1.25]])
+    # beta 3: q = 1.5 - 2 p, clipped to [0, 1]: [0.9, 0.06, 0.04] -> [0, 1, 1] -> [0, 1/2, 1/2]
+    _close(reverse_sigmoid(torch.tensor([[0.9, 0.06, 0.04]]), X, 3.0, 1.0), [[0.0, 0.5, 0.5]])
+    # any gamma, with p = 1 and 0 clipped to 1 - 1e-9 and 1e-9
+    p = [[0.7, 0.2, 0.1], [1.0, 0.0, 0.0]]
+    _close(reverse_sigmoid(torch.tensor(p), X, 0.7, 0.4), [_reverse_sigmoid_by_hand(r, 0.7, 0.4) for r in p])
+
+
+def test_adaptive_misinformation_by_hand():
+    p = torch.tensor([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25]])
+    e = [math.exp(v) for v in (0.0, 2.0, 1.0)]
+    g = [v / sum(e) for v in e]  # the misinformation model's softmax
+    want = []
+    for row in p.tolist():
+        a = 1 / (1 + math.exp(-10 * (0.5 - max(row))))  # sigmoid(nu (tau - max p)), tau 0.5, nu 10
+        want.append([(1 - a) * v + a * w for v, w in zip(row, g)])
+    got = adaptive_misinformation(p, X, 0.5, 10.0, Fixed([0.0, 2.0, 1.0]))
+    _close(got, want)
+    assert got[0, 0] > 0.88 and got[1].argmax() == 1  # confident: almost p; unsure: mostly g
+
+
+# ----------------------------------------------------------------------------- specs
+
+@pytest.mark.parametrize("spec,msg", [
+    ("nosuch:k=1", "unknown defense 'nosuch'"), ("topk", "needs k=..."), ("topk:k=1,j=2", "'j=2' is not"),
+    ("topk:k=1,k=2", "k given twice"), ("topk:k=0", "k must be a positive integer"),
+    ("topk:k=1.5", "k must be a positive integer"), ("rounding:decimals=-1", "decimals must be an integer from 0"),
+    ("reverse_sigmoid:beta=0.5", "needs gamma=..."), ("reverse_sigmoid:beta=nan,gamma=1", "beta must be a positive"),
+    ("reverse_sigmoid:beta=0.5,gamma=0", "gamma must be a positive"), ("rounding:1", "'1' is not"),
+    ("adaptive_misinformation:tau=2,nu=1,model=m.pt", "tau must be a number from 0 to 1"),
+    ("adaptive_misinformation:tau=0.5,nu=1", "needs model=..."),
+])
+def test_bad_specs_are_user_errors(spec, msg):
+    with pytest.raises(UserError, match=msg):
+        api_defense.parse_spec(spec)
+
+
+def test_specs_spelled_one_way_and_checked_against_the_dataset(tmp_path):
+    assert api_defense.canonical(" topk: k = 1 ") == "topk:k=1"
+    assert api_defense.canonical("reverse_sigmoid:gamma=0.20,beta=1") == "reverse_sigmoid:beta=1,gamma=0.2"
+    assert api_defense.canonical("none") == api_defense.canonical("") == "none"
+    info = dataset_info("synthetic")
+    assert api_defense.build("none", info) is None
+    assert api_defense.build("topk:k=10", info).slug == "topk-k10"
+    with pytest.raises(UserError, match="at most the number of classes"):
+        api_defense.build("topk:k=11", info)
+    with pytest.raises(UserError, match="not found"):
+        api_defense.build(f"adaptive_misinformation:tau=0.5,nu=1,model={tmp_path / 'none.pt'}", info)
+
+
+def test_bad_spec_on_the_command_line_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    mod = _script("DFME", "knockoff.py")
+    monkeypatch.setattr(sys, "argv", ["knockoff.py", "--dataset", "synthetic", "--api_defense", "topk:k=0"])
+    with pytest.raises(SystemExit) as e:
+        mod.main_wrapper(mod.main)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "k must be a positive integer" in err
+    assert not os.listdir(tmp_path)  # stopped before anything was written
+
+
+# ----------------------------------------------------------------------------- the counted API
+
+def test_blackbox_with_a_defense_counts_and_refuses_before_answering():
+    torch.manual_seed(0)
+    model = Counting(nn.Linear(4, 3))
+    defense = api_defense.APIDefense("rounding", {"decimals": 1})
+    bb = BlackBox(model, budget=10, defense=defense)
+    x = torch.randn(6, 4)
+    got = bb(x)
+    with torch.no_grad():
+        assert torch.equal(got, rounding(torch.softmax(model.model(x), 1), x, 1))
+    assert bb.used == model.seen == 6
+    with pytest.raises(BudgetExceeded):
+        bb(torch.randn(5, 4))
+    assert bb.used == 6 and model.seen == 6  # refused before the model (and the defense) saw it
+    bb(torch.randn(4, 4))
+    assert bb.used == 10 and bb.left == 0
+    with pytest.raises(ValueError, match="logits"):
+        BlackBox(model, 10, output="logits", defense=defense)
+
+
+def test_defense_sees_each_chunk_with_its_own_queries_and_label_is_the_defended_argmax():
+    """Adaptive misinformation with a g that disagrees with the model: in label mode the API answers the argmax
+    of the defended probabilities (here often g's class), not the model's."""
+    torch.manual_seed(1)
+    model, g = nn.Linear(4, 3), nn.Linear(4, 3)
+    defense = api_defense.APIDefense("adaptive_misinformation", {"tau": 1.0, "nu": 50.0, "model": "g.pt"}, g)
+    x = torch.randn(50, 4)
+    with torch.no_grad():
+        p = torch.softmax(model(x), 1)
+        want = adaptive_misinformation(p, x, 1.0, 50.0, g)
+    probs = BlackBox(model, 100, chunk=7, defense=defense)(x)
+    _close(probs, want.tolist())
+    labels = BlackBox(model, 100, output="label", chunk=7, defense=defense)(x)
+    assert torch.equal(labels, want.argmax(1))
+    assert (labels != p.argmax(1)).any()  # the defense changed some answers
+
+
+def test_served_utility_by_hand():
+    probs = torch.tensor([[0.6, 0.4], [0.3, 0.7], [0.45, 0.55]])
+    y = torch.tensor([0, 0, 1])
+    x = torch.zeros(3, 1)
+    assert api_defense.served_utility(None, probs, x, y) == (pytest.approx(2 / 3), 0.0)
+    # rounded to 0 decimals: [1, 0], [0, 1], [0, 1] (0.45 -> 0, 0.55 -> 1); L1 0.8, 0.6, 0.9
+    acc, l1 = api_defense.served_utility(api_defense.APIDefense("rounding", {"decimals": 0}), probs, x, y,
+                                         batch_size=2)
+    assert acc == pytest.approx(2 / 3) and l1 == pytest.approx((0.8 + 0.6 + 0.9) / 3, abs=1e-6)
+
+
+def test_older_results_files_get_the_raw_models_utility(tmp_path):
+    old = COLUMNS[:COLUMNS.index("api_defense")]
+    path = str(tmp_path / "r.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=old, extrasaction="ignore")
+        w.writeheader()
+        w.writerow({"dataset": "synthetic", "victim_acc": "0.9000", "seed": 0})
+    append_row(path, {"dataset": "synthetic", "victim_acc": "0.9000", "seed": 1, "api_defense": "topk:k=1",
+                      "served_acc": "0.8000", "served_l1": "0.100000"})
+    rows = read_rows(path)
+    assert [(r["api_defense"], r["served_acc"], r["served_l1"]) for r in rows] == [
+        ("none", "0.9000", "0"), ("topk:k=1", "0.8000", "0.100000")]
+
+
+# ----------------------------------------------------------------------------- the stage and the entry points
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A scratch repository root with a random synthetic teacher and a 1-epoch misinformation model; synthetic
+    images are generated once for the whole module."""
+    root = tmp_path_factory.mktemp("api_defense")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data, "make_synthetic", functools.lru_cache(maxsize=None)(data.make_synthetic))
+        mp.setenv("MISLEADER_OFFLINE", "1")
+        mp.chdir(root)
+        torch.manual_seed(0)
+        checkpoint.save(paths.teacher_path("synthetic", "lenet5"),
+                        checkpoint.classifier_payload(create_model("lenet5", 10, 1), "lenet5", "synthetic", 10, 1))
+        _script("Defense", "train_misinformation.py").main(
+            ["--dataset", "synthetic", "--model", "lenet5fifth", "--epochs", "1", "--progress", "0",
+             "--log_dir", str(root / "runs")])
+        yield root
+
+
+def test_misinformation_stage_trains_and_the_defense_loads_it(world):
+    path = paths.misinfo_path("synthetic", "lenet5fifth")
+    assert os.path.isfile(world / path)
+    ck = checkpoint.load(str(world / path))
+    assert ck["kind"] == "classifier" and ck["arch"] == "lenet5fifth" and ck["metrics"]["best_epoch"] == 1
+    m = ck["metrics"]  # it learnt to avoid the truth: below chance (0.1) in probability, far below in top-1
+    assert m["test_true_prob"] < 0.1 and m["test_acc"] < 0.05
+    defense = api_defense.build(f"adaptive_misinformation:tau=0.9,nu=100,model={world / path}",
+                                dataset_info("synthetic"))
+    g = checkpoint.build_classifier(ck).eval()
+    x, p = torch.randn(5, 1, 32, 32), torch.softmax(torch.randn(5, 10), 1)
+    _close(defense(p, x), adaptive_misinformation(p, x, 0.9, 100.0, g).tolist())
+    mod = _script("Defense", "train_misinformation.py")
+    z, y = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
+    p0 = math.exp(2) / (math.exp(2) + 1 + math.exp(-1))
+    assert mod.misinformation_loss(z, y).item() == pytest.approx(-math.log(1 - p0), rel=1e-6)
+
+
+def test_every_defense_runs_through_an_attack_and_its_row_holds_the_served_utility(world, monkeypatch):
+    """The smoke run of every defense: a tiny Knockoff per spec (and DFME under one), all in one results CSV;
+    each row records the spec and the served utility, the report keeps them apart, verify passes."""
+    monkeypatch.chdir(world)
+    misinfo = paths.misinfo_path("synthetic", "lenet5fifth")
+    specs = ["none", "rounding:decimals=1", "topk:k=1", "reverse_sigmoid:beta=0.7,gamma=0.4",
+             f"adaptive_misinformation:tau=0.9,nu=100,model={misinfo}"]
+    results = str(world / "results.csv")
+    knockoff = _script("DFME", "knockoff.py")
+    for spec in specs:
+        knockoff.main(["--dataset", "synthetic", "--victim", "teacher", "--pool", "synthetic", "--query_budget",
+                       "0.0003", "--epochs", "1", "--progress", "0", "--results", results, "--log_dir", "runs",
+                       "--api_defense", spec])
+    _script("DFME", "dfme.py").main(["--dataset", "synthetic", "--victim", "teacher", "--query_budget", "0.0005",
+                                     "--batch_size", "16", "--grad_m", "1", "--epoch_itrs", "2", "--ngf", "8",
+                                     "--nz", "8", "--progress", "0", "--results", results, "--log_dir", "runs",
+                                     "--api_defense", "topk:k=1"])
+    rows = read_rows(results)
+    assert [r["api_defense"] for r in rows] == specs + ["topk:k=1"]
+    assert [r["attack"] for r in rows] == ["knockoff"] * 5 + ["dfme"]
+    assert len({r["attack_path"] for r in rows}) == 6  # a defended run never overwrites another's clone
+    assert "+rounding-decimals1-knockoff" in rows[1]["attack_path"]
+    for r in rows:
+        assert 0 < int(r["queries_used"]) <= int(r["query_budget"])
+        assert r["served_acc"] and r["served_l1"] and r["victim_acc"] == rows[0]["victim_acc"]
+    assert rows[0]["served_acc"] == rows[0]["victim_acc"] and float(rows[0]["served_l1"]) == 0.0
+
+    # the served utility recomputed by hand from the teacher: rounded probabilities, their argmax, the L1
+    d = load_dataset("synthetic")
+    teacher = checkpoint.build_classifier(checkpoint.load(paths.teacher_path("synthetic", "lenet5")))
+    p = predict(teacher, d.normalize(d.test.x))
+    q = torch.round(p * 10) / 10
+    assert float(rows[1]["served_acc"]) == pytest.approx((q.argmax(1) == d.test.y).float().mean().item(), abs=1e-4)
+    assert float(rows[1]["served_l1"]) == pytest.approx((q - p).abs().sum(1).mean().item(), abs=1e-5)
+    onehot_l1 = 2 * (1 - p.max(1).values).mean().item()  # topk:k=1 moves 1 - max p onto the top class
+    assert float(rows[2]["served_l1"]) == pytest.approx(onehot_l1, abs=1e-5)
+    assert float(rows[2]["served_acc"]) == pytest.approx(float(rows[0]["victim_acc"]), abs=1e-4)
+
+    summary = report.summarize(report.load_results(results))
+    assert len(summary) == 6 and len({s["victim"] for s in summary}) == 6
+    assert summary[1]["victim"] == "teacher (knockoff) (defense rounding:decimals=1)"
+    assert summary[1]["served_acc"] == pytest.approx(float(rows[1]["served_acc"]))
+    md = report.write_report(results, str(world / "report"))[0]
+    with open(md) as f:
+        assert "served test acc" in f.read()
+    assert all(ok for *_, ok in report.verify(results))  # victim_acc and fidelity are the raw model's
