@@ -71,11 +71,13 @@ def main(argv):
     budget = int(round(args.query_budget * 1e6))
     if budget < 1:
         raise UserError(f"--query_budget must be at least one image (1e-06), got {args.query_budget:g}")
-    stage = AttackStage(args, "knockoff", budget, "knockoff-state")
+    stage = AttackStage(args, "knockoff", budget, "knockoff-state", "" if args.pool == args.dataset else args.pool)
     if stage.already_recorded():
         return
     info, data, dev = stage.info, stage.data, stage.device
-    pool = to_channels(load_dataset(args.pool, args.data_root, None, args.split_seed, dev).train.x, info.in_channels)
+    # the victim's own data: its training split as loaded for the evaluation (never the validation images)
+    pool = data.train.x if args.pool == args.dataset else \
+        to_channels(load_dataset(args.pool, args.data_root, None, args.split_seed, dev).train.x, info.in_channels)
     student = seeded(args.seed, lambda: create_model(args.student_model, info.num_classes, info.in_channels))
     student = student.to(dev, memory_format=stage.fmt)
     opt = make_optimizer("sgd", student.parameters(), args.lr, 0.9, args.weight_decay)

@@ -67,7 +67,7 @@ run_attack() {  # entry-point label seed budget flags...: what every attack call
         --teacher_model "$TEACHER_MODEL" --student_model "${STUDENT:-${STUDENTS[0]}}" --query_budget "$budget" \
         --config "$CONFIG" --results "$RESULTS" "$@"
 }
-dfme_attack() {  # label seed victim-and-extra-flags...
+dfme_attack() {  # label seed victim-and-extra-flags... (with --MAZE 1 in DFME_ARGS, set DFME_BATCH=128: typed flags win)
     local label="$1" seed="$2"
     shift 2
     echo "== DFME: $label, seed $seed"

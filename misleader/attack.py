@@ -64,7 +64,7 @@ class AttackStage:
     ``attack`` names the attack in paths and results ("dfme", "maze", "knockoff"); DFME's checkpoints keep
     their historical name (no attack part)."""
 
-    def __init__(self, args, attack, budget, state_kind="attack-state"):
+    def __init__(self, args, attack, budget, state_kind="attack-state", variant=""):
         self.args, self.attack = args, attack
         self.device, self.amp, self.fmt = setup(args)
         self.info = info = dataset_info(args.dataset)
@@ -73,8 +73,11 @@ class AttackStage:
                                                                args.victim_weights)
         self.label = args.label or victim_label
         self.defense = api_defense.build(args.api_defense, info)
-        name = self.label + (f"+{self.defense.slug}" if self.defense else "")  # a defended run: its own files
+        # a defended run, a label-only API or another variant of the attack (e.g. Knockoff's pool): its own files
+        name = self.label + (f"+{self.defense.slug}" if self.defense else "") + \
+            ("+label" if args.victim_output == "label" else "")
         name = name if attack in ("dfme", "maze") else f"{name}-{attack}"
+        name += f"-{variant}" if variant else ""
         self.out = paths.attack_path(args.dataset, name, args.student_model, args.seed, args.tag)
         self.run = RunState(self.out, state_kind, args.student_model, args, also_writes=[args.results])
         self.run_name = args.run_name or os.path.basename(self.out)[:-3]

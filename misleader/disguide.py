@@ -144,7 +144,7 @@ class DisGUIDE(DFME):
     def generator_step(self):
         """One generator update through the clones alone: no victim call. Returns the generator's loss."""
         for c in self.clones:
-            c.eval()
+            c.eval().requires_grad_(False)  # the gradient goes to the generator only
         x = self.sample(grad=True)
         with autocast(self.device, self.amp):
             outs = [c(x) for c in self.clones]
@@ -152,9 +152,8 @@ class DisGUIDE(DFME):
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_G.step()
-        self.opt_S.zero_grad(set_to_none=True)  # the backward pass went through the clones; they learn nothing here
         for c in self.clones:
-            c.train()
+            c.train().requires_grad_(True)
         return loss.item()
 
     def student_step(self):

@@ -10,6 +10,7 @@ from dataclasses import fields
 from misleader.attack import AttackStage, add_attack_flags
 from misleader.cli import Parser
 from misleader.dfme import settings_text
+from misleader.evaluate import clone_metrics
 from misleader.progress import progress_bar
 from misleader.runlog import RunLog
 
@@ -100,7 +101,8 @@ def run_generator_attack(args, cfg, attack_name, build, log_name, title, state_k
 
     def on_epoch(a, stats):
         acc, fid, val_acc = stage.evaluate(a.student)  # val: to choose attack settings without the test set
-        more = {f"{name}_acc": stage.evaluate(m)[0] for name, m in extra.items()}
+        more = {f"{name}_acc": clone_metrics(m, stage.test_x, stage.data.test.y, stage.victim_pred, stage.amp)[0]
+                for name, m in extra.items()}
         a.best_acc = max(a.best_acc, acc)
         log.log(a.epoch, {"clone_acc": acc, "clone_val_acc": val_acc, "fidelity": fid, **more,
                           **{k: stats[k] for k in ("queries_used", "loss_S", "loss_G", "lr_S", "lr_G")}},

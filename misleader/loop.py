@@ -174,7 +174,8 @@ class EpochLoop:
             val_acc = end_epoch(self.epoch, losses, self.seen, time.time() - t0)
             if val_acc > self.best_acc:
                 self.best_acc, self.best_epoch = val_acc, self.epoch
-                self.best_state = {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
+                if self.keep_best:  # (an attacker's clone is its last epoch's: no copy to keep)
+                    self.best_state = {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
             self.batch, self.partial, self.seen, self.epoch_order = 0, [], 0, self.order.get_state()
             self.save()
         if self.keep_best:
