@@ -205,7 +205,7 @@ class DFME:
         self.q_scale, self.q_shift = (t.to(device) for t in query_map(cfg.query_range, mean, std))
         self.cfg, self.victim, self.student, self.generator = cfg, victim, student, generator
         self.num_classes, self.device, self.amp, self.fmt = num_classes, device, amp, memory_format
-        self.opt_S = torch.optim.SGD(student.parameters(), lr=cfg.lr_S, momentum=cfg.momentum,
+        self.opt_S = torch.optim.SGD(self.trained_parameters(), lr=cfg.lr_S, momentum=cfg.momentum,
                                      weight_decay=cfg.weight_decay)
         if cfg.g_optimizer == "sgd":
             self.opt_G = torch.optim.SGD(generator.parameters(), lr=cfg.lr_G, momentum=cfg.momentum,
@@ -213,6 +213,10 @@ class DFME:
         else:
             self.opt_G = torch.optim.Adam(generator.parameters(), lr=cfg.lr_G)
         self._start(seed)
+
+    def trained_parameters(self):
+        """What the student optimiser trains (an attack with several clones trains them all)."""
+        return list(self.student.parameters())
 
     def _start(self, seed):
         """RNG, first epoch's learning rates, progress counters: the state before the first iteration."""

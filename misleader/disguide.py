@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from misleader.dfme import DFME, DFMEConfig, check_targets, query_map
+from misleader.dfme import DFME, DFMEConfig
 from misleader.errors import UserError
 from misleader.losses import student_loss
 from misleader.models import Generator, create_model
@@ -127,19 +127,15 @@ class DisGUIDE(DFME):
 
     def __init__(self, cfg, victim, clones, generator, num_classes, device, amp=None,
                  memory_format=torch.contiguous_format, seed=0, mean=(0.0,), std=(1.0,)):
-        cfg.validate()
-        check_targets(cfg, num_classes)
         if len(clones) != 2:
             raise ValueError(f"DisGUIDE trains two clones, got {len(clones)}")
-        self.q_scale, self.q_shift = (t.to(device) for t in query_map(cfg.query_range, mean, std))
-        self.cfg, self.victim, self.clones, self.generator = cfg, victim, tuple(clones), generator
-        self.student = clones[0]
-        self.num_classes, self.device, self.amp, self.fmt = num_classes, device, amp, memory_format
-        self.opt_S = torch.optim.SGD([p for c in clones for p in c.parameters()], lr=cfg.lr_S,
-                                     momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self.opt_G = torch.optim.Adam(generator.parameters(), lr=cfg.lr_G)
+        self.clones = tuple(clones)
+        # DFME's setup with the first clone as the student; its Adam generator (g_optimizer is not a DisGUIDE flag)
+        super().__init__(cfg, victim, clones[0], generator, num_classes, device, amp, memory_format, seed, mean, std)
         self.replay = Replay(min(cfg.replay_size, cfg.query_budget), device)
-        self._start(seed)
+
+    def trained_parameters(self):
+        return [p for c in self.clones for p in c.parameters()]
 
     def generator_step(self):
         """One generator update through the clones alone: no victim call. Returns the generator's loss."""

@@ -16,6 +16,7 @@ import sys
 
 from misleader.cli import Parser, main_wrapper
 from misleader.errors import UserError
+from misleader.results import earlier_value
 
 # What the report reads; verify also needs the checkpoints.
 REPORT_COLUMNS = ["dataset", "victim_acc", "query_budget", "queries_used", "clone_acc", "clone_best_acc", "fidelity",
@@ -77,13 +78,17 @@ GROUP_FIELDS = ("config", "dataset", "label", "attack", "student_model", "query_
                 "probs_as_logits", "api_defense")
 
 
+def _field(row, col):
+    """A column's value; for a row written before the column existed, what it meant then (results.EARLIER_VALUES)."""
+    return row.get(col) or earlier_value(col, row)
+
+
 def group_key(row):
     """The experiment a row belongs to: its values of GROUP_FIELDS (the seed is the only thing that varies)."""
     key = {f: (row.get(f) or "") for f in GROUP_FIELDS}
     key["label"] = key["label"] or row.get("victim") or "?"
-    key["query_range"] = key["query_range"] or "tanh"
+    key["query_range"], key["api_defense"] = _field(row, "query_range"), _field(row, "api_defense")
     key["probs_as_logits"] = _flag(row, "probs_as_logits")
-    key["api_defense"] = key["api_defense"] or "none"  # rows from before --api_defense: the raw model's answers
     return tuple(key[f] for f in GROUP_FIELDS)
 
 
@@ -150,10 +155,8 @@ def summarize(rows):
     for key, members in groups.items():
         col = {c: [_num(r, c, i) for i, r in members]
                for c in ("victim_acc", "clone_acc", "clone_best_acc", "fidelity", "queries_used")}
-        # a CSV from before --api_defense: the served answers were the raw model's
-        col["served_acc"] = [_num(r, "served_acc", i) if r.get("served_acc") else v
-                             for (i, r), v in zip(members, col["victim_acc"])]
-        col["served_l1"] = [_num(r, "served_l1", i) if r.get("served_l1") else 0.0 for i, r in members]
+        for c in ("served_acc", "served_l1"):  # older rows: the raw model's answers (results.EARLIER_VALUES)
+            col[c] = [_num({c: _field(r, c)}, c, i) for i, r in members]
         budgets = sorted({_num(r, "query_budget", i, int) for i, r in members})
         k = dict(zip(GROUP_FIELDS, key))
         out.append({
