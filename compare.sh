@@ -1,52 +1,141 @@
 #!/usr/bin/env bash
-# The comparison behind the results table: the same DFME settings and seeds against
-#   the bare teacher and the MISLEADER ensemble (COMPARE_SEEDS each), each member alone,
-#   the ensemble of the same members trained with lambda = 0 (distillation only),
-#   a homogeneous ensemble (three members of one architecture, same data split, initialisation seeds 1-3),
-#   and the MISLEADER ensemble attacked with --probs_as_logits (the earlier evaluation's handicap).
-# Needs teacher.sh and train.sh first. Finished runs are skipped (RESUME=1 semantics), so it can be
-# rerun after an interruption. Ends with report.sh for this config.
+# The comparison: does the defense protect against each victim's strongest attacker? Victims: the bare teacher,
+# the MISLEADER ensemble, the ensemble of the same members trained with lambda = 0 (distillation only) and a
+# homogeneous ensemble (three members of one architecture, same data split, initialisation seeds 1-3).
+#   1. train  the lambda = 0 and homogeneous members and their ensembles (teacher.sh and train.sh come first)
+#   2. grid   every victim against every DFME_GRID setting (GRID_BUDGET queries, seed GRID_SEED), and Knockoff
+#             against every victim (COMPARE_SEEDS x COMPARE_POOLS), its budget curve and label-only answers
+#   3. final  DFME at QUERY_BUDGET with each victim's strongest grid setting (the highest clone accuracy on the
+#             validation split, never the test set): paired seeds COMPARE_SEEDS for teacher and MISLEADER,
+#             VARIANT_SEEDS for the other two
+# Finished runs are skipped (RESUME=1), so compare.sh can be rerun after an interruption; it ends with report.sh.
 #   CONFIG=smoke bash compare.sh
+#   CONFIG=fashionmnist bash compare.sh --list [train|grid|final]
+# --list prints the runs (all phases, or one) as self-contained command lines, one per line, and runs nothing:
+# run them from the repository root with any job runner, a phase's lines in any order and in parallel, phase 1
+# before phase 2. Phase 3's lines exist once a victim's grid is complete: list again after phase 2. E.g.
+#   bash compare.sh --list grid > runs.txt && xargs -d '\n' -P 4 -I{} bash -c {} < runs.txt
 set -euo pipefail
 cd "$(dirname "$0")"
+PHASE=all
+if [ "${1:-}" = --list ]; then
+    LIST=1
+    PHASE="${2:-all}"
+    case "$PHASE" in all|train|grid|final) ;; *) echo "error: --list takes train, grid, final or nothing, got '$PHASE'" >&2; exit 2;; esac
+elif [ $# -gt 0 ]; then
+    echo "error: compare.sh takes no arguments but --list [train|grid|final], got '$1'" >&2
+    exit 2
+fi
 source configs/load.sh
 RESUME=1
-
+[ ${#COMPARE_POOLS[@]} -eq 0 ] && COMPARE_POOLS=("${KNOCKOFF_POOLS[@]}")
 variant_tag() { if [ -n "$TAG" ]; then echo "$TAG-$1"; else echo "$1"; fi; }
-
-# 1. the variants' members
+phase() { [ "$PHASE" = all ] || [ "$PHASE" = "$1" ]; }
 LAM0=$(variant_tag lam0)
-LAM0_MEMBERS=()
-for entry in "${MEMBERS[@]}"; do
-    read -r arch lambda T alpha attacker <<< "$entry"
-    echo "== lambda = 0 member $arch"
-    train_member "$arch" 0 "$T" "$alpha" "${attacker:-$arch}" "$LAM0" "$SEED"
-    LAM0_MEMBERS+=("$arch:$LAM0")
-done
-build_ensemble "$LAM0" "${LAM0_MEMBERS[@]}"
+HOMO=$(variant_tag homo)
+declare -A VICTIM=([teacher]="$(victim_flags teacher)" [misleader]="$(victim_flags ensemble "$TAG")"
+                   [lambda0]="$(victim_flags ensemble "$LAM0")" [homogeneous]="$(victim_flags ensemble "$HOMO")")
+VICTIMS=(teacher misleader lambda0 homogeneous)
+GRID_TAG="${ATTACK_TAG:+$ATTACK_TAG-}grid"
 
-read -r harch hlambda hT halpha hattacker <<< "${MEMBERS[0]}"
-HOMO_MEMBERS=()
-for i in 1 2 3; do
-    echo "== homogeneous member $i: $harch"
-    train_member "$harch" "$hlambda" "$hT" "$halpha" "${hattacker:-$harch}" "$(variant_tag homo$i)" "$((SEED + i))"
-    HOMO_MEMBERS+=("$harch:$(variant_tag homo$i)")
-done
-build_ensemble "$(variant_tag homo)" "${HOMO_MEMBERS[@]}"
+if phase train; then
+    say "phase 1: the lambda = 0 and homogeneous ensembles"
+    LAM0_MEMBERS=()
+    for entry in "${MEMBERS[@]}"; do
+        read -r arch lambda T alpha attacker <<< "$entry"
+        train_member "$arch" 0 "$T" "$alpha" "${attacker:-$arch}" "$LAM0" "$SEED"
+        LAM0_MEMBERS+=("$arch:$LAM0")
+    done
+    build_ensemble "$LAM0" "${LAM0_MEMBERS[@]}"
+    read -r harch hlambda hT halpha hattacker <<< "${MEMBERS[0]}"
+    HOMO_MEMBERS=()
+    for i in 1 2 3; do
+        train_member "$harch" "$hlambda" "$hT" "$halpha" "${hattacker:-$harch}" "$(variant_tag homo$i)" "$((SEED + i))"
+        HOMO_MEMBERS+=("$harch:$(variant_tag homo$i)")
+    done
+    build_ensemble "$HOMO" "${HOMO_MEMBERS[@]}"
+fi
 
-# 2. the attacks
-# shellcheck disable=SC2046
-for seed in "${COMPARE_SEEDS[@]}"; do
-    dfme_attack teacher "$seed" $(victim_flags teacher)
-    dfme_attack misleader "$seed" $(victim_flags ensemble "$TAG")
-done
-seed="${COMPARE_SEEDS[0]}"
-for entry in "${MEMBERS[@]}"; do
-    read -r arch _ <<< "$entry"
-    dfme_attack "member-$arch" "$seed" --victim "Defense/cache/defense/$DATASET-$arch${TAG:+-$TAG}.pt"
-done
-dfme_attack lambda0 "$seed" $(victim_flags ensemble "$LAM0")
-dfme_attack homogeneous "$seed" $(victim_flags ensemble "$(variant_tag homo)")
-dfme_attack misleader "$seed" $(victim_flags ensemble "$TAG") --probs_as_logits 1 --tag "${ATTACK_TAG:+$ATTACK_TAG-}pal"
+setting_attack() {  # label seed budget tag grid-entry victim-flags...: one DFME or DisGUIDE run of a grid setting
+    local label="$1" seed="$2" budget="$3" tag="$4" name entry flags
+    read -r name entry flags <<< "$5"
+    shift 5
+    # shellcheck disable=SC2086
+    case "$entry" in
+        dfme) QUERY_BUDGET="$budget" dfme_attack "$label" "$seed" "$@" --setting "$name" ${tag:+--tag "$tag"} $flags;;
+        disguide) QUERY_BUDGET="$budget" disguide_attack "$label" "$seed" "$@" --setting "$name" ${tag:+--tag "$tag"} $flags;;
+        *) echo "error: DFME_GRID entry '$name': entry point must be dfme or disguide, got '$entry'" >&2; exit 2;;
+    esac
+}
 
-bash report.sh --config "$CONFIG"
+if phase grid; then
+    say "phase 2: the DFME grid (${GRID_BUDGET}M queries, seed $GRID_SEED) and Knockoff"
+    for victim in "${VICTIMS[@]}"; do
+        for entry in "${DFME_GRID[@]}"; do
+            # shellcheck disable=SC2086
+            setting_attack "$victim" "$GRID_SEED" "$GRID_BUDGET" "$GRID_TAG" "$entry" ${VICTIM[$victim]}
+        done
+    done
+    for seed in "${COMPARE_SEEDS[@]}"; do
+        for pool in "${COMPARE_POOLS[@]}"; do
+            for victim in "${VICTIMS[@]}"; do
+                # shellcheck disable=SC2086
+                knockoff_attack "$victim" "$seed" "$pool" ${VICTIM[$victim]}
+            done
+        done
+    done
+    for victim in teacher misleader; do
+        for budget in "${KNOCKOFF_CURVE[@]}"; do
+            # shellcheck disable=SC2086
+            KNOCKOFF_BUDGET="$budget" knockoff_attack "$victim" "${COMPARE_SEEDS[0]}" "${COMPARE_POOLS[0]}" \
+                ${VICTIM[$victim]} --tag "${ATTACK_TAG:+$ATTACK_TAG-}q$budget"
+        done
+        if [ "$LABEL_ONLY" = 1 ]; then
+            # shellcheck disable=SC2086
+            knockoff_attack "$victim" "${COMPARE_SEEDS[0]}" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]} --victim_output label
+        fi
+    done
+fi
+
+if phase final; then
+    say "phase 3: DFME at ${QUERY_BUDGET}M queries, each victim's strongest grid setting"
+    NAMES=()
+    for entry in "${DFME_GRID[@]}"; do read -r name _ <<< "$entry"; NAMES+=("$name"); done
+    for victim in "${VICTIMS[@]}"; do
+        case "$victim" in
+            lambda0|homogeneous) seeds=("${VARIANT_SEEDS[@]}");;
+            *) seeds=("${COMPARE_SEEDS[@]}");;
+        esac
+        entry=""
+        if [ ${#NAMES[@]} -gt 0 ]; then
+            best=$(python -m misleader.report --csv "$RESULTS" --config "$CONFIG" --strongest "$victim" \
+                   --grid "${NAMES[@]}" --grid_budget "$GRID_BUDGET" --grid_seed "$GRID_SEED")
+            if [ -z "$best" ]; then
+                say "$victim: no final runs yet, its grid is not complete"
+                continue
+            fi
+            for e in "${DFME_GRID[@]}"; do read -r name _ <<< "$e"; [ "$name" = "$best" ] && entry="$e"; done
+            say "$victim: strongest grid setting $best"
+        fi
+        for seed in "${seeds[@]}"; do
+            if [ -n "$entry" ]; then
+                # shellcheck disable=SC2086
+                setting_attack "$victim" "$seed" "$QUERY_BUDGET" "$ATTACK_TAG" "$entry" ${VICTIM[$victim]}
+            else
+                # shellcheck disable=SC2086
+                dfme_attack "$victim" "$seed" ${VICTIM[$victim]}
+            fi
+        done
+    done
+    if [ "$COMPARE_EXTRAS" = 1 ]; then
+        seed="${COMPARE_SEEDS[0]}"
+        for entry in "${MEMBERS[@]}"; do
+            read -r arch _ <<< "$entry"
+            dfme_attack "member-$arch" "$seed" --victim "Defense/cache/defense/$DATASET-$arch${TAG:+-$TAG}.pt"
+        done
+        # shellcheck disable=SC2086
+        dfme_attack misleader "$seed" ${VICTIM[misleader]} --probs_as_logits 1 --tag "${ATTACK_TAG:+$ATTACK_TAG-}pal"
+    fi
+fi
+
+[ "$LIST" = 1 ] || bash report.sh --config "$CONFIG"

@@ -24,4 +24,20 @@ STUDENTS=(lenet5)
 QUERY_BUDGET=2
 DFME_BATCH=256
 DFME_ARGS=(--ngf 32 --steps 0.5 0.8)
+DISGUIDE_ARGS=(--ngf 32)
+
+# compare.sh: each victim's strongest attacker (chosen on the validation split at 1M queries, seed 0), then 2M
+VARIANT_SEEDS=(0 1)
+GRID_BUDGET=1
+DFME_GRID=(
+    "late dfme --steps 0.5 0.8"                       # DFME's published schedule (its 2M-query runs)
+    "early dfme --steps 0.1 0.3 0.5"                  # the schedule of DFME's code defaults
+    "maze dfme --MAZE 1 --batch_size 128"             # the MAZE preset (KL loss, 10 directions, cosine)
+    "data dfme --steps 0.5 0.8 --query_range data"    # queries confined to the data's pixel range
+    "floor dfme --steps 0.5 0.8 --logit_floor 1e-4"   # adaptive: recovered logits clipped at log(1e-4)
+    "probs dfme --steps 0.5 0.8 --target probs"       # adaptive: the student matches probabilities
+    "disguide disguide"                               # DisGUIDE: two clones, disagreement, replay
+)
+COMPARE_POOLS=(fashionmnist synthetic)  # Knockoff in distribution (the victim's training images) and out of it
+KNOCKOFF_CURVE=(0.002 0.005 0.06)      # with the 0.02 runs: the budget curve, teacher and MISLEADER, seed 0
 # MISINFO_ARCH=lenet5       # train.sh: the adaptive-misinformation model, Defense/cache/misinfo/fashionmnist-lenet5.pt

@@ -11,7 +11,19 @@ ATTACK_TAG=""          # suffix of the attack checkpoints only (empty: TAG), for
                        # teacher and members but attack them with other settings
 SEED=0                 # seed of teacher and defense training
 SEEDS=(0)              # seeds of the attack runs of test.sh
-COMPARE_SEEDS=(0 1 2)  # seeds of the teacher and MISLEADER attacks of compare.sh
+# compare.sh: every victim (teacher, MISLEADER, lambda = 0 ensemble, homogeneous ensemble) meets its strongest attacker
+COMPARE_SEEDS=(0 1 2)  # paired seeds: headline DFME of teacher and MISLEADER, Knockoff of every victim
+VARIANT_SEEDS=(0)      # headline DFME seeds of the lambda = 0 and homogeneous ensembles
+DFME_GRID=()           # "name entry flags...": attack settings tried on each victim (entry dfme or disguide; the flags
+                       # follow DFME_ARGS / DISGUIDE_ARGS); empty: no grid, the headline runs DFME_ARGS
+GRID_BUDGET=1          # queries (millions) of a grid run
+GRID_SEED=0            # seed of the grid runs; a victim's strongest setting is its best clone on the validation split
+COMPARE_POOLS=()       # Knockoff pools of compare.sh (empty: KNOCKOFF_POOLS)
+KNOCKOFF_CURVE=()      # more Knockoff budgets (millions) against teacher and MISLEADER, first seed and pool: a budget
+                       # curve (the KNOCKOFF_BUDGET runs are its point at that budget)
+LABEL_ONLY=1           # 1: also label-only Knockoff (KNOCKOFF_BUDGET, first seed, first pool) on teacher and MISLEADER
+COMPARE_EXTRAS=0       # 1: also DFME on each member alone and on MISLEADER with --probs_as_logits (first seed)
+LIST="${LIST:-0}"      # 1: stage functions print their command line instead of running it (compare.sh --list)
 DEVICE="${DEVICE:-auto}"     # environment may override: DEVICE=cpu bash test.sh
 VAL_SIZE=""            # empty: the dataset's default (5000; 1000 for synthetic)
 RESUME="${RESUME:-0}"       # RESUME=1 bash test.sh continues killed runs and skips finished ones
@@ -39,10 +51,16 @@ ATTACK_TAGARG=()
 [ ${#KNOCKOFF_POOLS[@]} -eq 0 ] && KNOCKOFF_POOLS=("$DATASET")
 
 # The command line of each stage, once: train.sh, test.sh and compare.sh call these, so a new flag is one edit.
+run() {  # run a stage's command, or with LIST=1 print it as one self-contained line (run from the repository root)
+    if [ "$LIST" = 1 ]; then printf '%q ' "$@" | sed 's/ $//'; echo; else "$@"; fi
+}
+say() {  # a heading: "== text" in a log, "# text" (a comment line) in a run list
+    if [ "$LIST" = 1 ]; then echo "# $*"; else echo "== $*"; fi
+}
 train_member() {  # arch lambda T alpha attacker tag seed [extra flags...]
     local arch="$1" lambda="$2" T="$3" alpha="$4" attacker="$5" tag="$6" seed="$7"
     shift 7
-    python Defense/train_defense.py "${COMMON[@]}" --seed "$seed" ${tag:+--tag "$tag"} ${TAG:+--teacher_tag "$TAG"} \
+    run python Defense/train_defense.py "${COMMON[@]}" --seed "$seed" ${tag:+--tag "$tag"} ${TAG:+--teacher_tag "$TAG"} \
         --resume "$RESUME" --teacher_model "$TEACHER_MODEL" --defense_model "$arch" --attacker_model "$attacker" \
         --lambda_ "$lambda" --T "$T" --alpha "$alpha" --epochs "$DEFENSE_EPOCHS" --batch_size "$DEFENSE_BATCH" \
         --lr_defense "$LR_DEFENSE" --lr_attacker "$LR_ATTACKER" --a_iter "$A_ITER" "${DEFENSE_ARGS[@]}" "$@"
@@ -50,19 +68,19 @@ train_member() {  # arch lambda T alpha attacker tag seed [extra flags...]
 train_misinfo() {  # arch tag seed [extra flags...]
     local arch="$1" tag="$2" seed="$3"
     shift 3
-    python Defense/train_misinformation.py "${COMMON[@]}" --seed "$seed" ${tag:+--tag "$tag"} --resume "$RESUME" \
+    run python Defense/train_misinformation.py "${COMMON[@]}" --seed "$seed" ${tag:+--tag "$tag"} --resume "$RESUME" \
         --model "$arch" "${MISINFO_ARGS[@]}" "$@"
 }
 build_ensemble() {  # tag member... (each ARCH:TAG)
     local tag="$1"
     shift
-    python Defense/ensemble.py "${COMMON[@]}" ${tag:+--tag "$tag"} --teacher_tag "$TAG" \
+    run python Defense/ensemble.py "${COMMON[@]}" ${tag:+--tag "$tag"} --teacher_tag "$TAG" \
         --teacher_model "$TEACHER_MODEL" --members "$@"
 }
 run_attack() {  # entry-point label seed budget flags...: what every attack call shares
     local script="$1" label="$2" seed="$3" budget="$4"
     shift 4
-    python "$script" --dataset "$DATASET" --device "$DEVICE" --progress "$PROGRESS" --resume "$RESUME" \
+    run python "$script" --dataset "$DATASET" --device "$DEVICE" --progress "$PROGRESS" --resume "$RESUME" \
         ${VAL_SIZE:+--val_size "$VAL_SIZE"} "${ATTACK_TAGARG[@]}" --seed "$seed" --label "$label" \
         --teacher_model "$TEACHER_MODEL" --student_model "${STUDENT:-${STUDENTS[0]}}" --query_budget "$budget" \
         --config "$CONFIG" --results "$RESULTS" "$@"
@@ -70,19 +88,19 @@ run_attack() {  # entry-point label seed budget flags...: what every attack call
 dfme_attack() {  # label seed victim-and-extra-flags... (with --MAZE 1 in DFME_ARGS, set DFME_BATCH=128: typed flags win)
     local label="$1" seed="$2"
     shift 2
-    echo "== DFME: $label, seed $seed"
+    say "DFME: $label, seed $seed"
     run_attack DFME/dfme.py "$label" "$seed" "$QUERY_BUDGET" --batch_size "$DFME_BATCH" "${DFME_ARGS[@]}" "$@"
 }
 knockoff_attack() {  # label seed pool victim-and-extra-flags...
     local label="$1" seed="$2" pool="$3"
     shift 3
-    echo "== Knockoff: $label, pool $pool, seed $seed"
+    say "Knockoff: $label, pool $pool, seed $seed"
     run_attack DFME/knockoff.py "$label" "$seed" "$KNOCKOFF_BUDGET" --pool "$pool" "${KNOCKOFF_ARGS[@]}" "$@"
 }
 disguide_attack() {  # label seed victim-and-extra-flags...: DisGUIDE at DFME's budget and batch size
     local label="$1" seed="$2"
     shift 2
-    echo "== DisGUIDE: $label, seed $seed"
+    say "DisGUIDE: $label, seed $seed"
     run_attack DFME/disguide.py "$label" "$seed" "$QUERY_BUDGET" --batch_size "$DFME_BATCH" "${DISGUIDE_ARGS[@]}" "$@"
 }
 victim_flags() {  # teacher | ensemble [tag]: the --victim flags of the config's teacher or an ensemble

@@ -21,3 +21,4 @@ QUERY_BUDGET=0.2
 DFME_BATCH=64          # DFME uses 256; at a small budget smaller batches give the student 4x more steps
 DFME_ARGS=(--ngf 32)   # a narrower generator than DFME's 64, ~3x cheaper, so two attacks fit in minutes
 # MISINFO_ARCH=lenet5       # train.sh: the adaptive-misinformation model, Defense/cache/misinfo/fashionmnist-lenet5-quick.pt
+COMPARE_EXTRAS=1       # the quick table also has each member alone and MISLEADER with --probs_as_logits

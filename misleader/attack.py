@@ -5,6 +5,7 @@ The attacker's code only ever receives ``AttackStage.victim`` (a BlackBox). Ever
 the evaluator: it uses the victim model directly and costs no budget.
 """
 
+import argparse
 import datetime
 import os
 
@@ -44,11 +45,21 @@ def add_attack_flags(p, budget_help):
     p.add_argument("--query_budget", type=float, help=budget_help)
     p.add_argument("--student_model", default="lenet5", help="clone architecture")
     p.add_argument("--label", default=None, help="name of this victim in results and reports (default: the victim)")
+    p.add_argument("--setting", default="", type=_setting_name,
+                   help="short name of this attack setting (letters, digits, '.', '_'), e.g. a grid point: written "
+                        "to the results' setting column and appended to the checkpoint name, so settings of one "
+                        "victim keep their own files; compare.sh picks each victim's strongest by it")
     p.add_argument("--config", default="", help="config name recorded in results.csv (set by the shell scripts)")
     p.add_argument("--results", default=paths.RESULTS_CSV, help="CSV to append this run's row to")
     add_run_flags(p, "suffix of the saved attack checkpoint name (DFME/cache/<dataset>-<victim>-<student>-seed<s>"
                      "[-<attack>]-<tag>.pt)")
     return p
+
+
+def _setting_name(text):
+    if text and not all(c.isalnum() or c in "._" for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits, '.' and '_' only")
+    return text
 
 
 def finish_parse(args):
@@ -77,7 +88,7 @@ class AttackStage:
         name = self.label + (f"+{self.defense.slug}" if self.defense else "") + \
             ("+label" if args.victim_output == "label" else "")
         name = name if attack in ("dfme", "maze") else f"{name}-{attack}"
-        name += f"-{variant}" if variant else ""
+        name += "".join(f"-{v}" for v in (variant, args.setting) if v)
         self.out = paths.attack_path(args.dataset, name, args.student_model, args.seed, args.tag)
         self.run = RunState(self.out, state_kind, args.student_model, args, also_writes=[args.results])
         self.run_name = args.run_name or os.path.basename(self.out)[:-3]
@@ -109,11 +120,11 @@ class AttackStage:
     def finish(self, student, best_acc, wall, log_dir, settings, extra_payload=None):
         """Save the clone, append the results row (once, even after a resume), remove the state file."""
         a = self.args
-        clone_acc, fidelity, _ = self.evaluate(student)
+        clone_acc, fidelity, val_acc = self.evaluate(student)
         best = max(best_acc, clone_acc)
         metrics = {"clone_acc": clone_acc, "clone_best_acc": best, "fidelity": fidelity,
                    "queries_used": self.victim.used, "victim_acc": self.victim_acc, "api_defense": a.api_defense,
-                   "served_acc": self.served_acc, "served_l1": self.served_l1}
+                   "served_acc": self.served_acc, "served_l1": self.served_l1, "clone_val_acc": val_acc}
         payload = checkpoint.classifier_payload(student, a.student_model, a.dataset, self.info.num_classes,
                                                 self.info.in_channels, metrics, vars(a), a.seed, kind="attack")
         payload.update({"victim_path": self.victim_path, **(extra_payload or {})})
@@ -126,7 +137,7 @@ class AttackStage:
                "settings": settings, "victim_path": self.victim_path, "run_dir": log_dir, "attack_path": self.out,
                "wall_s": f"{wall:.1f}", "git_commit": git_commit(), "date": datetime.date.today().isoformat(),
                "api_defense": a.api_defense, "served_acc": f"{self.served_acc:.4f}",
-               "served_l1": f"{self.served_l1:.6f}"}
+               "served_l1": f"{self.served_l1:.6f}", "setting": a.setting, "clone_val_acc": f"{val_acc:.4f}"}
         if not (a.resume and has_row(a.results, self.out)):  # a run killed after writing its row adds it once
             append_row(a.results, row)
         self.run.close()

@@ -15,8 +15,9 @@ import os
 import sys
 
 from misleader.cli import Parser, main_wrapper
+from misleader import comparison
+from misleader.comparison import field as _field, flag as _flag, num as _num
 from misleader.errors import UserError
-from misleader.results import earlier_value
 
 # What the report reads; verify also needs the checkpoints.
 REPORT_COLUMNS = ["dataset", "victim_acc", "query_budget", "queries_used", "clone_acc", "clone_best_acc", "fidelity",
@@ -27,7 +28,7 @@ VERIFY_COLUMNS = ["dataset", "victim_acc", "clone_acc", "fidelity", "queries_use
 # the query count from the attack checkpoint's own record. clone_best_acc (a maximum over per-epoch test
 # accuracies) and wall_s cannot be recomputed from a checkpoint and are not checked.
 VERIFIED_FIELDS = ("victim_acc", "clone_acc", "fidelity", "queries_used")
-PLOT_FILES = ("clone_vs_queries.png", "utility_vs_protection.png")
+PLOT_FILES = ("clone_vs_queries.png", "utility_vs_protection.png", "protection_vs_queries.png")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -58,29 +59,9 @@ def filter_config(rows, config, path="results"):
     return kept
 
 
-def _num(row, col, i, kind=float):
-    value = row.get(col)
-    try:
-        return kind(float(value)) if kind is int else kind(value)
-    except (TypeError, ValueError):
-        raise UserError(f"results row {i}: column {col} is not a number ({value!r})") from None
-
-
-def _flag(row, col):
-    try:
-        return int(float(row.get(col) or 0)) != 0
-    except ValueError:
-        return False
-
-
 # What defines an experiment: rows that agree on all of these are seeds of one experiment; nothing else is averaged.
-GROUP_FIELDS = ("config", "dataset", "label", "attack", "student_model", "query_budget", "query_range", "settings",
-                "probs_as_logits", "api_defense")
-
-
-def _field(row, col):
-    """A column's value; for a row written before the column existed, what it meant then (results.EARLIER_VALUES)."""
-    return row.get(col) or earlier_value(col, row)
+GROUP_FIELDS = ("config", "dataset", "label", "attack", "student_model", "query_budget", "query_range", "setting",
+                "settings", "probs_as_logits", "api_defense")
 
 
 def group_key(row):
@@ -88,6 +69,7 @@ def group_key(row):
     key = {f: (row.get(f) or "") for f in GROUP_FIELDS}
     key["label"] = key["label"] or row.get("victim") or "?"
     key["query_range"], key["api_defense"] = _field(row, "query_range"), _field(row, "api_defense")
+    key["setting"] = _field(row, "setting")
     key["probs_as_logits"] = _flag(row, "probs_as_logits")
     return tuple(key[f] for f in GROUP_FIELDS)
 
@@ -106,7 +88,8 @@ def _display_names(keys):
     ix = {f: i for i, f in enumerate(GROUP_FIELDS)}
     names = {k: k[ix["label"]] + (" (probs_as_logits)" if k[ix["probs_as_logits"]] else "") for k in keys}
     formats = {"config": "{} [config {}]", "dataset": "{} [{}]", "attack": "{} ({})", "student_model": "{} (student {})",
-               "query_budget": "{} ({} queries)", "query_range": "{} (query_range {})", "settings": "{} ({})",
+               "query_budget": "{} ({} queries)", "query_range": "{} (query_range {})", "setting": "{} [{}]",
+               "settings": "{} ({})",
                "api_defense": "{} (defense {})"}
     for field, fmt in formats.items():
         same = {}
@@ -304,6 +287,56 @@ def plot_clone_vs_queries(curves, path, title):
     _save(fig, path)
 
 
+def _interp(curve, xs):
+    """Linear interpolation of a [(queries, acc), ...] curve at the query counts xs (inside its range)."""
+    out, j = [], 0
+    for x in xs:
+        while j + 1 < len(curve) - 1 and curve[j + 1][0] < x:
+            j += 1
+        (x0, y0), (x1, y1) = curve[j], curve[min(j + 1, len(curve) - 1)]
+        out.append(y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+    return out
+
+
+def protection_curves(teacher_curves, victim_curves, points=40):
+    """Per-seed protection (teacher clone minus victim clone) along the queries: both curves of a seed are
+    interpolated on a common grid of query counts inside both ranges (runs of different batch sizes log at
+    different counts). Returns (queries, [[protection per grid point] per seed]), or None without a common seed."""
+    seeds = sorted(set(teacher_curves) & set(victim_curves))
+    if not seeds:
+        return None
+    pairs = [(teacher_curves[s], victim_curves[s]) for s in seeds]
+    lo = max(max(t[0][0], v[0][0]) for t, v in pairs)
+    hi = min(min(t[-1][0], v[-1][0]) for t, v in pairs)
+    if hi <= lo:
+        return None
+    xs = [lo + (hi - lo) * k / (points - 1) for k in range(points)]
+    return xs, [[a - b for a, b in zip(_interp(t, xs), _interp(v, xs))] for t, v in pairs]
+
+
+def plot_protection_vs_queries(series, path, title):
+    """series: [(victim, queries, [[protection per point] per seed]), ...]; mean over seeds, ±1 std band."""
+    fig, ax = _figure()
+    for name, xs, per_seed in series:
+        m = [_mean(col) for col in zip(*per_seed)]
+        x = [q / 1e6 for q in xs]
+        line, = ax.plot(x, [100 * v for v in m], label=f"{name} ({len(per_seed)} paired seed{'s' if len(per_seed) > 1 else ''})")
+        if len(per_seed) > 1:
+            sd = [_std(list(col)) for col in zip(*per_seed)]
+            ax.fill_between(x, [100 * (a - b) for a, b in zip(m, sd)], [100 * (a + b) for a, b in zip(m, sd)],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
+    if series:
+        ax.legend(loc="best", fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no paired runs with metrics.csv", ha="center", va="center", transform=ax.transAxes)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("queries used (millions)")
+    ax.set_ylabel("protection (points): teacher clone - victim clone")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    _save(fig, path)
+
+
 def plot_utility_vs_protection(summary, path, title):
     """One point per victim: x = clone accuracy (mean ± std over seeds), y = test accuracy of the answers the API
     serves (the victim's own without an API defense)."""
@@ -344,15 +377,44 @@ def write_report(csv_path, out_dir, config=None):
     datasets = list(dict.fromkeys(s["dataset"] for s in summary))
     scope = ", ".join(datasets) + (f", config {config}" if config is not None else "")
     md = os.path.join(out_dir, "report.md")
-    png_curves, png_tradeoff = (os.path.join(out_dir, p) for p in PLOT_FILES)
-    plot_clone_vs_queries(curves, png_curves, f"DFME clone accuracy vs queries ({scope})")
+    png_curves, png_tradeoff, png_protection = (os.path.join(out_dir, p) for p in PLOT_FILES)
+    one = len({(r.get("config") or "", r["dataset"]) for r in rows}) == 1  # a comparison is within one config
+    entries = comparison.headline(rows) if one else []
+    final = {i for e in entries for i in e["dfme_rows"]}
+    if final:  # the plot shows the headline's data-free runs; the full table has every group
+        curves = [(name, runs) for (name, runs), members in zip(curves, groups.values())
+                  if any(i in final for i, _ in members)]
+    plot_clone_vs_queries(curves, png_curves, f"Data-free clone accuracy vs queries ({scope})")
     plot_utility_vs_protection(summary, png_tradeoff, f"Utility vs protection ({scope})")
+    series = []
+    if entries:
+        def seed_curves(idx):
+            out = {}
+            for i in idx:
+                c = read_curve(_resolve(rows[i].get("run_dir"), bases))
+                if c:
+                    out[_num(rows[i], "seed", i, int)] = c
+            return out
+        teacher = seed_curves(entries[0]["dfme_rows"])
+        for e in entries[1:]:
+            if e["dfme_protection"] is not None:
+                pc = protection_curves(teacher, seed_curves(e["dfme_rows"]))
+                if pc:
+                    series.append((e["victim"], *pc))
+    plot_protection_vs_queries(series, png_protection, f"Protection vs queries, paired seeds ({scope})")
 
     lines = ["# Model extraction results", "",
              f"Source: `{_note_path(csv_path, out_dir)}`, {len(rows)} attack run(s)"
-             + (f" with config `{config}`" if config is not None else "") + f"; dataset(s): {', '.join(datasets)}.",
-             "Accuracies are on the test set, in percent, averaged over seeds (± is the sample standard deviation). "
-             "Fidelity is the fraction of test images on which the clone agrees with the victim.", ""]
+             + (f" with config `{config}`" if config is not None else "") + f"; dataset(s): {', '.join(datasets)}.", ""]
+    if entries:
+        lines += ["## Each victim against its strongest attacker", ""] + comparison.headline_table(rows) + \
+                 ["", f"![protection vs queries]({PLOT_FILES[2]})", ""]
+    grid = comparison.grid_table(rows) if one else []
+    if grid:
+        lines += ["## The data-free attack grid", ""] + grid + [""]
+    lines += ["## Every run", "",
+              "Accuracies are on the test set, in percent, averaged over seeds (± is the sample standard deviation). "
+              "Fidelity is the fraction of test images on which the clone agrees with the victim.", ""]
     lines += _table(summary)
     if any(s["api_defense"] != "none" for s in summary):
         lines += ["", ("Victim test acc is the model's own; served test acc is that of the answers its API serves "
@@ -370,14 +432,14 @@ def write_report(csv_path, out_dir, config=None):
         lines.append("")
     with open(md, "w") as f:
         f.write("\n".join(lines))
-    return [md, png_curves, png_tradeoff]
+    return [md, png_curves, png_tradeoff, png_protection]
 
 
 # ----------------------------------------------------------------------------- verification
 
 def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5):
-    """Recompute victim_acc, clone_acc and fidelity of every row from its checkpoints, and read queries_used
-    from the attack checkpoint.
+    """Recompute victim_acc, clone_acc, fidelity and (where recorded) clone_val_acc of every row from its
+    checkpoints, and read queries_used from the attack checkpoint.
 
     Returns [(row index, field, csv value, recomputed value, ok), ...]; an accuracy is rounded to the CSV's
     4 decimals before the comparison |recomputed - csv| <= tolerance; the query count must be equal. The row
@@ -389,7 +451,7 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
     from misleader import checkpoint
     from misleader.data import dataset_info, load_dataset
     from misleader.models import create_model
-    from misleader.evaluate import clone_metrics, predict
+    from misleader.evaluate import accuracy, clone_metrics, predict
     from misleader.runtime import amp_dtype, pick_device
 
     rows = filter_config(load_results(csv_path, VERIFY_COLUMNS), config, csv_path)
@@ -411,16 +473,17 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
     for i, (r, found) in enumerate(zip(rows, located)):
         name = r["dataset"]
         info = dataset_info(name)
-        if name not in datasets:  # the test set does not depend on the seed
-            data = load_dataset(name, data_root, None, _num(r, "seed", i, int), dev)
-            datasets[name] = (data, data.normalize(data.test.x))
-        data, test_x = datasets[name]
-        y = data.test.y
-
         apath, vpath = found["attack_path"], found["victim_path"]
         ck = checkpoint.check(checkpoint.load(apath), apath, kind="attack", dataset=name,
                               num_classes=info.num_classes, in_channels=info.in_channels)
-        run_amp = (ck.get("args") or {}).get("amp", "off")
+        run_args = ck.get("args") or {}
+        dkey = (name, run_args.get("val_size"), run_args.get("split_seed", 0))  # the run's validation split
+        if dkey not in datasets:
+            data = load_dataset(name, data_root, dkey[1], dkey[2], dev)
+            datasets[dkey] = (data, data.normalize(data.test.x))
+        data, test_x = datasets[dkey]
+        y = data.test.y
+        run_amp = run_args.get("amp", "off")
         amp = amp_dtype(run_amp if run_amp in ("auto", "off", "bf16") else "off", dev)
         student = create_model(ck["arch"], ck["num_classes"], ck["in_channels"])
         student.load_state_dict(ck["state_dict"])
@@ -438,10 +501,14 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
         recomputed = {"victim_acc": (victim_pred == y).float().mean().item(), "clone_acc": clone_acc,
                       "fidelity": fidelity,
                       "queries_used": (ck.get("metrics") or {}).get("queries_used", float("nan"))}
+        fields = VERIFIED_FIELDS
+        if r.get("clone_val_acc"):  # rows written before the column existed have none to check
+            recomputed["clone_val_acc"] = accuracy(student, data.val, data.normalize, amp)
+            fields += ("clone_val_acc",)
         del student
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        for field in VERIFIED_FIELDS:
+        for field in fields:
             csv_value = _num(r, field, i)
             if field == "queries_used":
                 value = float(recomputed[field])
@@ -483,6 +550,13 @@ def parse(argv):
     p.add_argument("--verify", type=int, default=0, choices=[0, 1],
                    help="1: instead of writing the report, rerun the test-set evaluation of every saved clone and "
                         "victim from its checkpoint and check the CSV; exit code 1 on any mismatch")
+    p.add_argument("--strongest", default=None, metavar="VICTIM",
+                   help="instead of the report: print the name of VICTIM's (a label) strongest --grid setting, the one "
+                        "whose run at --grid_budget and --grid_seed has the highest clone accuracy on the validation "
+                        "split; print nothing (and name the missing runs on stderr) until every setting has its run")
+    p.add_argument("--grid", nargs="+", default=[], help="with --strongest: the setting names of the grid")
+    p.add_argument("--grid_budget", type=float, default=1.0, help="with --strongest: queries of a grid run, millions")
+    p.add_argument("--grid_seed", type=int, default=0, help="with --strongest: seed of the grid runs")
     p.add_argument("--data_root", default="data", help="with --verify 1: folder with the datasets")
     p.add_argument("--device", default="cpu", help="with --verify 1: cpu, cuda, cuda:N or auto")
     return p.parse_args(argv)
@@ -490,6 +564,21 @@ def parse(argv):
 
 def main(argv):
     args = parse(argv)
+    if args.strongest is not None:
+        if not args.grid:
+            raise UserError("--strongest needs --grid NAME [NAME ...]")
+        rows = []
+        if os.path.isfile(args.csv):  # no file or no rows of the config yet: no grid run is done
+            with open(args.csv, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if args.config is None or (r.get("config") or "") == args.config]
+        best, missing = comparison.strongest(rows, args.strongest, args.grid, round(args.grid_budget * 1e6),
+                                             args.grid_seed)
+        if best is None:
+            print(f"{args.strongest}: no strongest setting yet, grid runs missing: {' '.join(missing)}",
+                  file=sys.stderr)
+        else:
+            print(best)
+        return
     if args.verify:
         results = verify(args.csv, args.data_root, args.device, args.config)
         rows = filter_config(load_results(args.csv, VERIFY_COLUMNS), args.config, args.csv)

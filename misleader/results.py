@@ -15,12 +15,14 @@ from misleader.errors import UserError
 COLUMNS = ["dataset", "victim", "victim_acc", "attack", "student_model", "query_budget", "queries_used", "clone_acc",
            "clone_best_acc", "fidelity", "seed", "probs_as_logits", "label", "config", "victim_path", "run_dir",
            "attack_path", "wall_s", "git_commit", "date", "query_range", "settings", "api_defense", "served_acc",
-           "served_l1"]
+           "served_l1", "setting", "clone_val_acc"]
 # What a column added later meant for the rows written before it existed ("" for settings: not recorded); a
 # function gives it from the old row. Before --api_defense every answer was the raw model's: its served
-# accuracy is victim_acc and its distance to the raw probabilities 0.
+# accuracy is victim_acc and its distance to the raw probabilities 0. Rows before --setting had no setting name;
+# before clone_val_acc the clone's validation accuracy was not recorded.
 EARLIER_VALUES = {"query_range": "tanh", "settings": "", "api_defense": "none",
-                  "served_acc": lambda row: row.get("victim_acc", ""), "served_l1": "0"}
+                  "served_acc": lambda row: row.get("victim_acc", ""), "served_l1": "0", "setting": "",
+                  "clone_val_acc": ""}
 
 
 def earlier_value(column, row):

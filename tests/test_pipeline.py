@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
-    for item in ("misleader", "Defense", "DFME", "configs", "teacher.sh", "train.sh", "test.sh"):
+    for item in ("misleader", "Defense", "DFME", "configs", "teacher.sh", "train.sh", "test.sh", "compare.sh", "report.sh"):
         src = os.path.join(REPO, item)
         if os.path.isdir(src):
             shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("cache", "ensemble", "__pycache__"))
@@ -77,3 +77,33 @@ def test_logs_to_a_file_have_no_carriage_returns(smoke):
     _, logs = smoke
     for stage, text in logs.items():
         assert "\r" not in text, stage
+
+
+def test_compare_list_lines_run_in_parallel_and_skip_when_done(smoke):
+    """compare.sh --list prints self-contained lines; two of them through xargs -P 2 add two rows to the one
+    CSV (locked appends), and executing them again adds nothing (finished runs are skipped)."""
+    root, _ = smoke
+    env = {**os.environ, "CONFIG": "smoke", "MISLEADER_OFFLINE": "1", "PYTHONPATH": str(root)}
+    listing = subprocess.run(["bash", "compare.sh", "--list", "grid"], cwd=root, env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].startswith("# phase 2") and not any("train_defense" in line for line in lines)
+    picked = [line for line in lines if "knockoff.py" in line and "--seed 1 " in line
+              and ("--label teacher " in line or "--label misleader " in line)]
+    assert len(picked) == 2, lines
+
+    def rows():
+        with open(root / "results/results.csv") as f:
+            return list(csv.DictReader(f))
+    before = len(rows())
+    for _ in range(2):
+        proc = subprocess.run(["xargs", "-d", "\n", "-P", "2", "-I{}", "bash", "-c", "{}"], input="\n".join(picked),
+                              cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        new = rows()[before:]
+        assert sorted((r["attack"], r["label"], r["seed"]) for r in new) == [("knockoff", "misleader", "1"),
+                                                                             ("knockoff", "teacher", "1")]
+    assert "already" in proc.stdout + proc.stderr  # the second pass skipped both
+    bad = subprocess.run(["bash", "compare.sh", "--list", "nope"], cwd=root, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -86,16 +86,19 @@ def test_summarize_groups_and_statistics(results):
 def test_write_report_table_and_plots(results, tmp_path):
     out = tmp_path / "out"
     paths = report.write_report(results, str(out))
-    assert [os.path.basename(p) for p in paths] == ["report.md", "clone_vs_queries.png", "utility_vs_protection.png"]
+    assert [os.path.basename(p) for p in paths] == ["report.md", "clone_vs_queries.png", "utility_vs_protection.png",
+                                                    "protection_vs_queries.png"]
     md = (out / "report.md").read_text()
     assert md.startswith("# ")
     assert "results.csv" in md and str(tmp_path) not in md.split("\n")[2]  # a note of the CSV, no absolute path
-    lines = md.splitlines()
+    lines = md.split("## Every run")[1].splitlines()
     assert "| teacher | 90.00 | 60.00 ± 10.00 | 63.33 | 62.33 | 199808 / 200000 | 3 (0, 1, 2) |" in lines
     assert "| ensemble | 88.00 | 30.00 | 31.00 | 35.00 | 199808 / 200000 | 1 (0) |" in lines
     assert "| teacher (probs_as_logits) | 90.00 | 20.00 | 25.00 | 21.00 | 150000 / 200000 | 1 (0) |" in lines
     assert sum(1 for line in lines if line.startswith("| ")) == 4  # header + 3 victims
     assert "gone" in md  # the missing run_dir is noted
+    # the headline: the ensemble's paired protection on its one seed (0): 0.50 - 0.30 = +20 points
+    assert "| ensemble | 88.00 | 2.00 | dfme config default, 200,000 queries | 30.00 (1 seed) | +20.00 (1 seed) |" in md
     for name in report.PLOT_FILES:
         data = (out / name).read_bytes()
         assert len(data) > 1024 and data[:8] == PNG_MAGIC

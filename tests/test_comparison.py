@@ -1,0 +1,106 @@
+"""The comparison's statistics (misleader/comparison.py): t interval, paired protection, the strongest setting
+chosen on validation accuracy only, the headline table, protection along the queries."""
+
+import pytest
+
+from misleader import comparison, report
+
+
+def _row(label, attack="dfme", budget=1000000, seed=0, clone="0.5000", val="", setting="", settings="", vacc="0.9000",
+         **kw):
+    r = {"dataset": "fashionmnist", "victim": label, "label": label, "attack": attack, "query_budget": str(budget),
+         "seed": str(seed), "clone_acc": clone, "clone_val_acc": val, "setting": setting, "settings": settings,
+         "victim_acc": vacc, "served_acc": vacc, "api_defense": "none", "probs_as_logits": "0", "config": "c"}
+    r.update(kw)
+    return r
+
+
+def test_t_quantiles():
+    assert comparison.t975(1) == 12.706 and comparison.t975(2) == 4.303 and comparison.t975(30) == 2.042
+    assert comparison.t975(60) == pytest.approx(2.000, abs=0.003)  # exact 2.0003
+    with pytest.raises(ValueError):
+        comparison.t975(0)
+
+
+def test_paired_protection_by_hand():
+    teacher = {0: 0.70, 1: 0.60, 2: 0.65}
+    victim = {0: 0.60, 1: 0.55, 2: 0.50, 3: 0.90}  # seed 3 has no teacher partner: left out
+    p = comparison.paired(teacher, victim)
+    assert p["seeds"] == [0, 1, 2] and p["diffs"] == pytest.approx([0.10, 0.05, 0.15])
+    assert p["mean"] == pytest.approx(0.10) and p["std"] == pytest.approx(0.05)
+    half = 4.303 * 0.05 / 3 ** 0.5
+    assert p["lo"] == pytest.approx(0.10 - half) and p["hi"] == pytest.approx(0.10 + half)
+    one = comparison.paired({0: 0.7}, {0: 0.4})
+    assert one["mean"] == pytest.approx(0.3) and one["std"] is None and one["lo"] is None
+    assert comparison.paired({0: 0.7}, {1: 0.4}) is None
+
+
+def test_strongest_is_chosen_on_validation_not_test():
+    rows = [_row("teacher", setting="a", clone="0.90", val="0.60"),   # best on test, worse on validation
+            _row("teacher", setting="b", clone="0.70", val="0.65"),
+            _row("teacher", setting="c", clone="0.80", val="0.70", budget=2000000),  # another budget: not the grid
+            _row("misleader", setting="c", clone="0.10", val="0.99")]  # another victim
+    assert comparison.strongest(rows, "teacher", ["a", "b"], 1000000, 0) == ("b", [])
+    assert comparison.strongest(rows, "teacher", ["a", "b", "c"], 1000000, 0) == (None, ["c"])
+    assert comparison.strongest(rows, "teacher", ["a", "b"], 1000000, 1) == (None, ["a", "b"])
+    rows.append(_row("teacher", setting="c", clone="0.10", val="0.65"))  # a tie goes to the earlier name
+    assert comparison.strongest(rows, "teacher", ["a", "b", "c"], 1000000, 0) == ("b", [])
+
+
+def test_strongest_cli_prints_the_name_or_nothing(tmp_path, capsys):
+    from tests.test_report import _write_csv
+    from misleader.results import COLUMNS
+    path = _write_csv(tmp_path / "r.csv", [_row("teacher", setting="a", val="0.6"),
+                                           _row("teacher", setting="b", val="0.7")], COLUMNS)
+    report.main(["--csv", path, "--config", "c", "--strongest", "teacher", "--grid", "a", "b", "--grid_budget", "1"])
+    assert capsys.readouterr().out == "b\n"
+    report.main(["--csv", path, "--strongest", "teacher", "--grid", "a", "b", "x", "--grid_budget", "1"])
+    out = capsys.readouterr()
+    assert out.out == "" and "missing: x" in out.err
+    report.main(["--csv", str(tmp_path / "none.csv"), "--strongest", "teacher", "--grid", "a"])
+    assert capsys.readouterr().out == ""
+
+
+def test_headline_uses_each_victims_strongest_setting_and_pairs_seeds():
+    ko = "pool={} epochs=30 victim_output=probs"
+    rows = [
+        # grid at 1M, seed 0: the teacher's strongest is b, MISLEADER's a
+        _row("teacher", setting="a", val="0.60", clone="0.60"), _row("teacher", setting="b", val="0.70", clone="0.70"),
+        _row("misleader", setting="a", val="0.55", clone="0.50", vacc="0.8800"),
+        _row("misleader", setting="b", val="0.40", clone="0.40", vacc="0.8800"),
+        # final at 2M: both settings ran for both victims; only the strongest counts
+        *[_row("teacher", setting="b", budget=2000000, seed=s, clone=c) for s, c in [(0, "0.80"), (1, "0.78")]],
+        *[_row("teacher", setting="a", budget=2000000, seed=s, clone="0.10") for s in (0, 1)],
+        *[_row("misleader", setting="a", budget=2000000, seed=s, clone=c, vacc="0.8800") for s, c in [(0, "0.70"), (1, "0.72")]],
+        *[_row("misleader", setting="b", budget=2000000, seed=s, clone="0.99", vacc="0.8800") for s in (0, 1)],
+        # Knockoff: in distribution and out of it; a label-only run is not the headline
+        _row("teacher", attack="knockoff", budget=20000, clone="0.85", settings=ko.format("fashionmnist")),
+        _row("teacher", attack="knockoff", budget=20000, clone="0.40", settings=ko.format("synthetic")),
+        _row("misleader", attack="knockoff", budget=20000, clone="0.80", settings=ko.format("fashionmnist"), vacc="0.8800"),
+        _row("misleader", attack="knockoff", budget=20000, clone="0.30", settings=ko.format("synthetic"), vacc="0.8800"),
+        _row("misleader", attack="knockoff", budget=20000, clone="0.01", vacc="0.8800",
+             settings="pool=fashionmnist victim_output=label"),
+    ]
+    t, m = comparison.headline(rows)
+    assert t["victim"] == "teacher" and t["dfme_setting"] == "b" and t["dfme"] == {0: 0.80, 1: 0.78}
+    assert m["dfme_setting"] == "a" and m["dfme_budget"] == 2000000 and m["dfme"] == {0: 0.70, 1: 0.72}
+    assert m["utility_cost"] == pytest.approx(0.02)
+    assert m["dfme_protection"]["diffs"] == pytest.approx([0.10, 0.06])
+    assert list(m["knockoff"]) == ["fashionmnist", "synthetic"]
+    assert m["knockoff"]["fashionmnist"]["protection"]["mean"] == pytest.approx(0.05)
+    assert m["knockoff"]["synthetic"]["protection"]["mean"] == pytest.approx(0.10)
+    lines = comparison.headline_table(rows)
+    assert any(line.startswith("| misleader | 88.00 | 2.00 | dfme a, 2,000,000 queries | 71.00 ± 1.41 (2) | +8.00 ± 2.83 [")
+               for line in lines)
+    grid = comparison.grid_table(rows)
+    assert "| teacher | 60.00 / 60.00 | **70.00 / 70.00** | b |" in grid
+    assert "| misleader | **55.00 / 50.00** | 40.00 / 40.00 | a |" in grid
+
+
+def test_protection_curves_interpolate_on_common_queries():
+    teacher = {0: [(0, 0.1), (100, 0.5)], 1: [(0, 0.2), (100, 0.6)]}
+    victim = {0: [(0, 0.1), (50, 0.2), (100, 0.3)], 2: [(0, 0.0), (100, 0.0)]}  # seed 0 is the only pair
+    xs, per_seed = report.protection_curves(teacher, victim, points=3)
+    assert xs == [0, 50, 100] and len(per_seed) == 1
+    assert per_seed[0] == pytest.approx([0.0, 0.1, 0.2])
+    assert report.protection_curves(teacher, {5: [(0, 0.1), (1, 0.1)]}) is None
