@@ -83,7 +83,7 @@ def test_compare_list_lines_run_in_parallel_and_skip_when_done(smoke):
     """compare.sh --list prints self-contained lines; two of them through xargs -P 2 add two rows to the one
     CSV (locked appends), and executing them again adds nothing (finished runs are skipped)."""
     root, _ = smoke
-    env = {**os.environ, "CONFIG": "smoke", "MISLEADER_OFFLINE": "1", "PYTHONPATH": str(root)}
+    env = {**os.environ, "CONFIG": "smoke", "MISLEADER_OFFLINE": "1", "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     listing = subprocess.run(["bash", "compare.sh", "--list", "grid"], cwd=root, env=env, capture_output=True,
                              text=True, timeout=60)
     assert listing.returncode == 0, listing.stderr

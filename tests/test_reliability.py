@@ -40,7 +40,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-DFME_ARGS = ["--dataset", "synthetic", "--victim", "teacher", "--query_budget", "0.03", "--batch_size", "64",
+DFME_ARGS = ["--dataset", "synthetic", "--victim", "teacher", "--query_budget", "0.02", "--batch_size", "64",
              "--epoch_itrs", "10", "--ngf", "8", "--nz", "32", "--progress", "0"]
 
 
@@ -114,7 +114,7 @@ def test_resume_without_state_starts_fresh_and_clears_stale_logs(tmp_path):
 
 
 def teacher(root, name, *extra):
-    return [PY, script("Defense", "train_teacher.py"), "--dataset", "synthetic", "--epochs", "6", "--batch_size", "64",
+    return [PY, script("Defense", "train_teacher.py"), "--dataset", "synthetic", "--epochs", "4", "--batch_size", "64",
             "--progress", "0", "--run_name", name, "--out", os.path.join(root, f"{name}.pt"), *extra]
 
 
@@ -140,11 +140,11 @@ def test_teacher_sigterm_saves_state_and_resume_gives_identical_metrics(tmp_path
     assert f": epoch {saved['epoch']} done, batch {saved['batch']} of the next" in resumed, \
         f"the resumed run does not say it resumed at epoch {saved['epoch']}, batch {saved['batch']}:\n{resumed[-2000:]}"
     epochs_run = [int(e) for e in re.findall(r"(?:^|\r)\[(\d+)\] ", resumed, re.M)]  # its per-epoch log lines
-    assert epochs_run == list(range(saved["epoch"] + 1, 7)), \
-        f"the resumed run logged epochs {epochs_run}; the state held {saved['epoch']} of 6"
+    assert epochs_run == list(range(saved["epoch"] + 1, 5)), \
+        f"the resumed run logged epochs {epochs_run}; the state held {saved['epoch']} of 4"
     a = read_csv(os.path.join(root, "runs", "teacher", "full", "metrics.csv"))
     b = read_csv(os.path.join(root, "runs", "teacher", "cut", "metrics.csv"))
-    assert len(a) == 6 and a == b
+    assert len(a) == 4 and a == b
     ca = torch.load(os.path.join(root, "full.pt"), weights_only=True)
     cb = torch.load(os.path.join(root, "cut.pt"), weights_only=True)
     assert ca["metrics"] == cb["metrics"]
@@ -154,7 +154,7 @@ def test_same_seed_gives_identical_metrics_files(tmp_path):
     root = str(tmp_path)
     for name in ("a", "b"):
         args = teacher(root, name)
-        args[args.index("6")] = "2"
+        args[args.index("4")] = "2"
         subprocess.run(args, cwd=root, env=env(), check=True, capture_output=True, timeout=240)
     a = open(os.path.join(root, "runs", "teacher", "a", "metrics.csv")).read()
     b = open(os.path.join(root, "runs", "teacher", "b", "metrics.csv")).read()
