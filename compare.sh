@@ -69,7 +69,7 @@ setting_attack() {  # label seed budget tag grid-entry victim-flags...: one DFME
 }
 
 if phase grid; then
-    say "phase 2: the DFME grid (${GRID_BUDGET}M queries, seed $GRID_SEED) and Knockoff"
+    say "phase 2: the DFME grid (${#DFME_GRID[@]} settings, ${GRID_BUDGET}M queries, seed $GRID_SEED) and Knockoff"
     for victim in "${VICTIMS[@]}"; do
         for entry in "${DFME_GRID[@]}"; do
             # shellcheck disable=SC2086
@@ -82,6 +82,17 @@ if phase grid; then
                 # shellcheck disable=SC2086
                 knockoff_attack "$victim" "$seed" "$pool" ${VICTIM[$victim]}
             done
+        done
+    done
+    for defense in "${API_DEFENSES[@]}"; do
+        for victim in teacher misleader; do
+            for seed in "${COMPARE_SEEDS[@]}"; do
+                # shellcheck disable=SC2086
+                knockoff_attack "$victim" "$seed" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]} --api_defense "$defense"
+            done
+            # shellcheck disable=SC2086
+            knockoff_attack "$victim" "${COMPARE_SEEDS[0]}" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]} \
+                --api_defense "$defense" --victim_output label
         done
     done
     for victim in teacher misleader; do
@@ -101,30 +112,59 @@ if phase final; then
     say "phase 3: DFME at ${QUERY_BUDGET}M queries, each victim's strongest grid setting"
     NAMES=()
     for entry in "${DFME_GRID[@]}"; do read -r name _ <<< "$entry"; NAMES+=("$name"); done
+    grid_entry() { local e n; for e in "${DFME_GRID[@]}"; do read -r n _ <<< "$e"; [ "$n" = "$1" ] && echo "$e"; done; }
+    declare -A BEST=()
     for victim in "${VICTIMS[@]}"; do
+        BEST[$victim]=""
+        if [ ${#NAMES[@]} -gt 0 ]; then
+            BEST[$victim]=$(python -m misleader.report --csv "$RESULTS" --config "$CONFIG" --strongest "$victim" \
+                            --grid "${NAMES[@]}" --grid_budget "$GRID_BUDGET" --grid_seed "$GRID_SEED")
+            if [ -z "${BEST[$victim]}" ]; then
+                say "$victim: no final runs yet, its grid is not complete"
+                continue
+            fi
+            say "$victim: strongest grid setting ${BEST[$victim]}"
+        fi
         case "$victim" in
             lambda0|homogeneous) seeds=("${VARIANT_SEEDS[@]}");;
             *) seeds=("${COMPARE_SEEDS[@]}");;
         esac
-        entry=""
-        if [ ${#NAMES[@]} -gt 0 ]; then
-            best=$(python -m misleader.report --csv "$RESULTS" --config "$CONFIG" --strongest "$victim" \
-                   --grid "${NAMES[@]}" --grid_budget "$GRID_BUDGET" --grid_seed "$GRID_SEED")
-            if [ -z "$best" ]; then
-                say "$victim: no final runs yet, its grid is not complete"
-                continue
-            fi
-            for e in "${DFME_GRID[@]}"; do read -r name _ <<< "$e"; [ "$name" = "$best" ] && entry="$e"; done
-            say "$victim: strongest grid setting $best"
-        fi
         for seed in "${seeds[@]}"; do
-            if [ -n "$entry" ]; then
+            if [ -n "${BEST[$victim]}" ]; then
                 # shellcheck disable=SC2086
-                setting_attack "$victim" "$seed" "$QUERY_BUDGET" "$ATTACK_TAG" "$entry" ${VICTIM[$victim]}
+                setting_attack "$victim" "$seed" "$QUERY_BUDGET" "$ATTACK_TAG" "$(grid_entry "${BEST[$victim]}")" ${VICTIM[$victim]}
             else
                 # shellcheck disable=SC2086
                 dfme_attack "$victim" "$seed" ${VICTIM[$victim]}
             fi
+        done
+    done
+    # API defenses on the teacher and MISLEADER. With a grid: the bare model's strongest setting (and
+    # AWARE_SETTINGS) at GRID_BUDGET, seed GRID_SEED (the search), FINAL_DEFENSES also at QUERY_BUDGET on the
+    # paired seeds. Without a grid: the config's DFME settings at QUERY_BUDGET on the paired seeds.
+    for defense in "${API_DEFENSES[@]}"; do
+        final=0
+        for d in "${FINAL_DEFENSES[@]}"; do [ "$d" = "$defense" ] && final=1; done
+        for victim in teacher misleader; do
+            if [ ${#NAMES[@]} -eq 0 ]; then
+                for seed in "${COMPARE_SEEDS[@]}"; do
+                    # shellcheck disable=SC2086
+                    dfme_attack "$victim" "$seed" ${VICTIM[$victim]} --api_defense "$defense"
+                done
+                continue
+            fi
+            [ -z "${BEST[$victim]:-}" ] && continue  # waits for the bare model's grid
+            for name in $(printf '%s\n' "${BEST[$victim]}" "${AWARE_SETTINGS[@]}" | awk '!seen[$0]++'); do
+                # shellcheck disable=SC2086
+                setting_attack "$victim" "$GRID_SEED" "$GRID_BUDGET" "$GRID_TAG" "$(grid_entry "$name")" \
+                    ${VICTIM[$victim]} --api_defense "$defense"
+            done
+            [ "$final" = 1 ] || continue
+            for seed in "${COMPARE_SEEDS[@]}"; do
+                # shellcheck disable=SC2086
+                setting_attack "$victim" "$seed" "$QUERY_BUDGET" "$ATTACK_TAG" "$(grid_entry "${BEST[$victim]}")" \
+                    ${VICTIM[$victim]} --api_defense "$defense"
+            done
         done
     done
     if [ "$COMPARE_EXTRAS" = 1 ]; then

@@ -40,4 +40,12 @@ DFME_GRID=(
 )
 COMPARE_POOLS=(fashionmnist synthetic)  # Knockoff in distribution (the victim's training images) and out of it
 KNOCKOFF_CURVE=(0.002 0.005 0.06)      # with the 0.02 runs: the budget curve, teacher and MISLEADER, seed 0
-# MISINFO_ARCH=lenet5       # train.sh: the adaptive-misinformation model, Defense/cache/misinfo/fashionmnist-lenet5.pt
+MISINFO_ARCH=lenet5       # train.sh: the adaptive-misinformation model, Defense/cache/misinfo/fashionmnist-lenet5.pt
+# the output defenses a model owner would pick instead (and on top of MISLEADER): searched at 1M queries, seed 0
+API_DEFENSES=(
+    "rounding:decimals=1" "rounding:decimals=2" "topk:k=1"
+    "reverse_sigmoid:beta=1.0,gamma=0.1"   # IBM ART's ReverseSigmoid defaults
+    "adaptive_misinformation:tau=0.5,nu=1000,model=Defense/cache/misinfo/fashionmnist-lenet5.pt"
+)
+AWARE_SETTINGS=(data)    # every defended API also meets DFME with queries kept in the data range
+FINAL_DEFENSES=()        # the search's best candidates, for the paired 2M runs (set after the search)

@@ -22,6 +22,11 @@ COMPARE_POOLS=()       # Knockoff pools of compare.sh (empty: KNOCKOFF_POOLS)
 KNOCKOFF_CURVE=()      # more Knockoff budgets (millions) against teacher and MISLEADER, first seed and pool: a budget
                        # curve (the KNOCKOFF_BUDGET runs are its point at that budget)
 LABEL_ONLY=1           # 1: also label-only Knockoff (KNOCKOFF_BUDGET, first seed, first pool) on teacher and MISLEADER
+API_DEFENSES=()        # output defenses served on top of the teacher and MISLEADER ("NAME:key=value,...", see --api_defense):
+                       # Knockoff (seeds, first pool) and label-only Knockoff in phase 2, DFME at GRID_BUDGET in phase 3
+FINAL_DEFENSES=()      # of API_DEFENSES, the candidates also attacked at QUERY_BUDGET on the paired COMPARE_SEEDS
+AWARE_SETTINGS=()      # grid settings every defended victim also meets, for attackers that know the defense (e.g. data:
+                       # queries kept in the data range against adaptive misinformation)
 COMPARE_EXTRAS=0       # 1: also DFME on each member alone and on MISLEADER with --probs_as_logits (first seed)
 LIST="${LIST:-0}"      # 1: stage functions print their command line instead of running it (compare.sh --list)
 DEVICE="${DEVICE:-auto}"     # environment may override: DEVICE=cpu bash test.sh
@@ -60,7 +65,7 @@ say() {  # a heading: "== text" in a log, "# text" (a comment line) in a run lis
 train_member() {  # arch lambda T alpha attacker tag seed [extra flags...]
     local arch="$1" lambda="$2" T="$3" alpha="$4" attacker="$5" tag="$6" seed="$7"
     shift 7
-    run python Defense/train_defense.py "${COMMON[@]}" --seed "$seed" ${tag:+--tag "$tag"} ${TAG:+--teacher_tag "$TAG"} \
+    run python Defense/train_defense.py "${COMMON[@]}" --seed "$seed" ${tag:+--tag "$tag"} --teacher_tag "$TAG" \
         --resume "$RESUME" --teacher_model "$TEACHER_MODEL" --defense_model "$arch" --attacker_model "$attacker" \
         --lambda_ "$lambda" --T "$T" --alpha "$alpha" --epochs "$DEFENSE_EPOCHS" --batch_size "$DEFENSE_BATCH" \
         --lr_defense "$LR_DEFENSE" --lr_attacker "$LR_ATTACKER" --a_iter "$A_ITER" "${DEFENSE_ARGS[@]}" "$@"

@@ -82,6 +82,15 @@ def _output(row):
     return settings_items(row).get("victim_output", "probs")
 
 
+def victim_key(row):
+    """A victim of the comparison: its label and the output defense its API serves ("none": the raw model)."""
+    return label(row), field(row, "api_defense")
+
+
+def victim_name(key):
+    return key[0] if key[1] == "none" else f"{key[0]} + {key[1]}"
+
+
 def grid_runs(rows):
     """The DFME grid: {label: {setting: row index}} of the generator-attack rows with a setting name at the grid
     budget and seed (the budget and seed with the most distinct setting names), plus (budget, seed, names)."""
@@ -123,74 +132,108 @@ def _by_seed(rows, idx):
     return {num(rows[i], "seed", i, int): num(rows[i], "clone_acc", i) for i in idx}
 
 
-def final_dfme(rows, victim, grid_info):
-    """(setting name, budget, [row indices]) of the victim's headline data-free runs: the largest budget of its
-    generator-attack rows, with its strongest grid setting when the grid is complete (else the setting with the
-    most seeds at that budget); (None, None, []) without such rows."""
-    cand = [i for i, r in enumerate(rows) if label(r) == victim and r.get("attack") in GENERATOR_ATTACKS
-            and _plain(r) and _output(r) == "probs"]
-    if not cand:
-        return None, None, []
-    budget = max(num(rows[i], "query_budget", i, int) for i in cand)
-    at = [i for i in cand if num(rows[i], "query_budget", i, int) == budget]
-    best = None
-    if grid_info is not None and grid_info[0] != budget:
-        best, _ = strongest(rows, victim, grid_info[2], grid_info[0], grid_info[1])
+def _generator_rows(rows, key):
+    return [i for i, r in enumerate(rows) if victim_key(r) == key and r.get("attack") in GENERATOR_ATTACKS
+            and not flag(r, "probs_as_logits") and _output(r) == "probs"]
+
+
+def _choose_setting(rows, idx, preferred):
+    """The rows of ``idx`` with setting ``preferred`` if any, else those of the setting with the most seeds."""
     by_setting = {}
-    for i in at:
+    for i in idx:
         by_setting.setdefault(field(rows[i], "setting"), []).append(i)
-    name = best if best in by_setting else max(by_setting, key=lambda s: len(by_setting[s]))
-    return name, budget, by_setting[name]
+    name = preferred if preferred in by_setting else max(by_setting, key=lambda s: len(by_setting[s]))
+    return name, by_setting[name]
 
 
-def knockoff_runs(rows, victim, pool):
-    """(budget, [row indices]) of the victim's Knockoff runs on ``pool`` with probability answers at the budget
-    with the most seeds (ties: the larger budget); (None, []) without any."""
+def final_dfme(rows, key, grid_info, budget=None):
+    """(setting name, budget, [row indices]) of a victim's headline data-free runs: at ``budget`` (default: the
+    largest of its generator-attack rows), with the strongest grid setting of its model (the label) when that
+    grid is complete, else the setting with the most seeds at that budget. A victim with an API defense is
+    attacked with its bare model's strongest setting and, where more settings were tried on it (attackers aware
+    of the defense), the one with the best validation accuracy. (None, None, []) without such rows."""
+    cand = _generator_rows(rows, key)
+    if budget is None and cand:
+        budget = max(num(rows[i], "query_budget", i, int) for i in cand)
+    at = [i for i in cand if num(rows[i], "query_budget", i, int) == budget]
+    if not at:
+        return None, None, []
+    best = None
+    if grid_info is not None:
+        best, _ = strongest(rows, key[0], grid_info[2], grid_info[0], grid_info[1])
+    if key[1] != "none":  # a defended API may meet attackers aware of it: the strongest on validation of those tried
+        val = {}
+        for i in at:
+            if rows[i].get("clone_val_acc"):
+                name = field(rows[i], "setting")
+                val[name] = max(val.get(name, 0.0), float(rows[i]["clone_val_acc"]))
+        best = max(val, key=lambda n: (val[n], n == best)) if val else best
+    name, idx = _choose_setting(rows, at, best)
+    if budget == (grid_info or (None,))[0] and len(idx) > 1:  # the grid budget: the grid's seed only
+        idx = [i for i in idx if num(rows[i], "seed", i, int) == grid_info[1]] or idx
+    return name, budget, idx
+
+
+def knockoff_runs(rows, key, pool, output="probs", budget=None):
+    """(budget, [row indices]) of the victim's Knockoff runs on ``pool`` with ``output`` answers at ``budget``
+    (default: the budget with the most seeds; ties: the larger); (None, []) without any."""
     by_budget = {}
     for i, r in enumerate(rows):
-        if (label(r) == victim and r.get("attack") == "knockoff" and _plain(r) and _output(r) == "probs"
-                and settings_items(r).get("pool") == pool):
+        if (victim_key(r) == key and r.get("attack") == "knockoff" and not flag(r, "probs_as_logits")
+                and _output(r) == output and settings_items(r).get("pool") == pool):
             by_budget.setdefault(num(r, "query_budget", i, int), []).append(i)
-    if not by_budget:
-        return None, []
-    budget = max(by_budget, key=lambda b: (len(by_budget[b]), b))
-    return budget, by_budget[budget]
+    if budget is None and by_budget:
+        budget = max(by_budget, key=lambda b: (len(by_budget[b]), b))
+    return (budget, by_budget[budget]) if budget in by_budget else (None, [])
+
+
+def _attack_columns(rows):
+    """The Knockoff columns of the headline: (title, pool, output) for each pool with probability answers (the
+    victim's own data first), then label-only answers on each pool that has them."""
+    datasets = {r["dataset"] for r in rows}
+    cols = []
+    for output in ("probs", "label"):
+        pools = list(dict.fromkeys(settings_items(r).get("pool") for r in rows if r.get("attack") == "knockoff"
+                                   and settings_items(r).get("pool") and _output(r) == output))
+        pools.sort(key=lambda p: p not in datasets)
+        cols += [(f"Knockoff {p}" + (" label-only" if output == "label" else ""), p, output) for p in pools]
+    return cols
 
 
 def headline(rows):
-    """The answer, one dict per victim (teacher first): utility cost, the final data-free attack and every
-    Knockoff pool with clone accuracies and paired protection. [] without teacher rows."""
-    victims = list(dict.fromkeys(label(r) for r in rows if _plain(r)))
-    if TEACHER not in victims:
+    """The answer, one dict per victim (the bare teacher first; a victim is a label with the API defense it
+    serves): utility cost, the final data-free attack and each Knockoff column with clone accuracies and
+    paired protection against the bare teacher under the same attack, budget and seeds. [] without teacher rows."""
+    teacher = (TEACHER, "none")
+    keys = list(dict.fromkeys(victim_key(r) for r in rows if not flag(r, "probs_as_logits")))
+    if teacher not in keys:
         return []
-    victims.remove(TEACHER)
-    victims.insert(0, TEACHER)
-    datasets = {r["dataset"] for r in rows}
-    pools = list(dict.fromkeys(settings_items(r).get("pool") for r in rows
-                               if r.get("attack") == "knockoff" and settings_items(r).get("pool")))
-    pools.sort(key=lambda p: p not in datasets)  # the victim's own data first
+    keys.remove(teacher)
+    keys.insert(0, teacher)
     _, grid_info = grid_runs(rows)
     acc = {}
     for i, r in enumerate(rows):
-        if _plain(r):
-            acc.setdefault(label(r), (num(r, "victim_acc", i), num({"s": field(r, "served_acc")}, "s", i)))
-    t_name, t_budget, t_idx = final_dfme(rows, TEACHER, grid_info)
-    t_dfme = _by_seed(rows, t_idx)
-    t_ko = {p: knockoff_runs(rows, TEACHER, p) for p in pools}
+        acc.setdefault(victim_key(r), (num(r, "victim_acc", i), num({"s": field(r, "served_acc")}, "s", i),
+                                       float(field(r, "served_l1") or 0)))
+    columns = _attack_columns(rows)
     out = []
-    for v in victims:
-        name, budget, idx = final_dfme(rows, v, grid_info)
+    for key in keys:
+        name, budget, idx = final_dfme(rows, key, grid_info)
         d = _by_seed(rows, idx)
-        entry = {"victim": v, "victim_acc": acc[v][0], "served_acc": acc[v][1],
-                 "utility_cost": acc[TEACHER][0] - acc[v][1], "dfme_setting": name, "dfme_budget": budget,
-                 "dfme_attack": rows[idx[0]]["attack"] if idx else None, "dfme": d, "dfme_rows": idx,
-                 "dfme_protection": None if v == TEACHER or budget != t_budget else paired(t_dfme, d), "knockoff": {}}
-        for p in pools:
-            kb, kidx = knockoff_runs(rows, v, p)
+        protection = None
+        if key != teacher and budget is not None:
+            _, t_budget, t_idx = final_dfme(rows, teacher, grid_info, budget)
+            protection = paired(_by_seed(rows, t_idx), d) if t_budget == budget else None
+        entry = {"victim": victim_name(key), "key": key, "victim_acc": acc[key][0], "served_acc": acc[key][1],
+                 "served_l1": acc[key][2], "utility_cost": acc[teacher][1] - acc[key][1], "dfme_setting": name,
+                 "dfme_budget": budget, "dfme_attack": rows[idx[0]]["attack"] if idx else None, "dfme": d,
+                 "dfme_rows": idx, "dfme_protection": protection, "knockoff": {}}
+        for title, pool, output in columns:
+            kb, kidx = knockoff_runs(rows, key, pool, output)
             k = _by_seed(rows, kidx)
-            tb = t_ko[p][0]
-            entry["knockoff"][p] = {"budget": kb, "clone": k, "protection": None if v == TEACHER or kb != tb
-                                    else paired(_by_seed(rows, t_ko[p][1]), k)}
+            tb, tidx = knockoff_runs(rows, teacher, pool, output, kb) if kb is not None else (None, [])
+            entry["knockoff"][title] = {"budget": kb, "clone": k, "protection": None if key == teacher or tb is None
+                                        else paired(_by_seed(rows, tidx), k)}
         out.append(entry)
     return out
 
@@ -244,23 +287,29 @@ def headline_table(rows):
     entries = headline(rows)
     if not entries:
         return []
-    pools = list(entries[0]["knockoff"])
-    head = ["victim", "test acc (%)", "utility cost (pts)", "data-free attack (strongest setting)", "clone (%)",
-            "protection (pts)"]
-    for p in pools:
-        head += [f"Knockoff {p} clone (%)", f"Knockoff {p} protection (pts)"]
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * 2 + "---|" + "---:|" * (len(head) - 4)]
+    columns = list(entries[0]["knockoff"])
+    served = any(e["key"][1] != "none" for e in entries)
+    head = ["victim", "served test acc (%)", "utility cost (pts)"] + (["served L1"] if served else []) + \
+        ["data-free attack (strongest setting)", "clone (%)", "protection (pts)"]
+    for c in columns:
+        head += [f"{c} clone (%)", f"{c} protection (pts)"]
+    n_left = 4 if served else 3
+    lines = ["| " + " | ".join(head) + " |",
+             "|---|" + "---:|" * (n_left - 1) + "---|" + "---:|" * (len(head) - n_left - 1)]
     for e in entries:
         attack = "-" if e["dfme_budget"] is None else \
             f"{e['dfme_attack']} {e['dfme_setting'] or 'config default'}, {e['dfme_budget']:,} queries"
-        cells = [e["victim"], f"{100 * e['served_acc']:.2f}", f"{100 * e['utility_cost']:.2f}", attack,
-                 _clone_text(e["dfme"]), protection_text(e["dfme_protection"])]
-        for p in pools:
-            k = e["knockoff"][p]
+        cells = [e["victim"], f"{100 * e['served_acc']:.2f}", f"{100 * e['utility_cost']:.2f}"] + \
+            ([f"{e['served_l1']:.4f}"] if served else []) + \
+            [attack, _clone_text(e["dfme"]), protection_text(e["dfme_protection"])]
+        for c in columns:
+            k = e["knockoff"][c]
             cells += [_clone_text(k["clone"]) + (f", {k['budget']:,} q" if k["budget"] else ""),
                       protection_text(k["protection"])]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Clone accuracy: mean ± sample std (seeds). Protection: teacher's clone minus this victim's clone, "
-                  "per paired seed; mean ± std [95 % Student-t interval] (seeds). Positive = the victim is harder to "
-                  "clone than the bare teacher. Utility cost: teacher test accuracy minus this victim's."]
+    lines += ["", "Clone accuracy: mean ± sample std (seeds). Protection: the bare teacher's clone minus this victim's "
+                  "clone under the same attack, budget and seed; mean ± std [95 % Student-t interval] (paired seeds). "
+                  "Positive = harder to clone than the bare teacher. Utility cost: the teacher's test accuracy minus "
+                  "that of the answers this victim's API serves. A victim with an API defense (\"+ name\") is "
+                  "attacked with its bare model's strongest data-free setting."]
     return lines

@@ -337,6 +337,41 @@ def plot_protection_vs_queries(series, path, title):
     _save(fig, path)
 
 
+def pareto_front(points):
+    """Indices of the points (protection, utility) that no other point beats on both (>= on both, > on one)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        if not any((a >= x and b >= y) and (a > x or b > y) for j, (a, b) in enumerate(points) if j != i):
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def plot_defense_tradeoff(entries, path, title):
+    """One point per victim of the comparison: x = protection against its final data-free attack (mean over
+    paired seeds, the bare teacher at 0), y = test accuracy of the served answers; the Pareto front dashed."""
+    pts, names = [], []
+    for e in entries:
+        p = e["dfme_protection"]
+        if e["key"] == ("teacher", "none") or p is not None:
+            pts.append((0.0 if p is None else 100 * p["mean"], 100 * e["served_acc"]))
+            names.append(e["victim"])
+    fig, ax = _figure()
+    for k, ((x, y), name) in enumerate(zip(pts, names)):
+        ax.plot([x], [y], "o")
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6 if k % 2 == 0 else -12), fontsize="small")
+    front = pareto_front(pts)
+    if len(front) > 1:
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", linewidth=1, label="Pareto front")
+        ax.legend(loc="best", fontsize="small")
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("protection against the data-free attack (points; higher = better)")
+    ax.set_ylabel("served test accuracy (%)  (higher = more utility)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.margins(0.15)
+    _save(fig, path)
+
+
 def plot_utility_vs_protection(summary, path, title):
     """One point per victim: x = clone accuracy (mean ± std over seeds), y = test accuracy of the answers the API
     serves (the victim's own without an API defense)."""
@@ -385,7 +420,10 @@ def write_report(csv_path, out_dir, config=None):
         curves = [(name, runs) for (name, runs), members in zip(curves, groups.values())
                   if any(i in final for i, _ in members)]
     plot_clone_vs_queries(curves, png_curves, f"Data-free clone accuracy vs queries ({scope})")
-    plot_utility_vs_protection(summary, png_tradeoff, f"Utility vs protection ({scope})")
+    if entries:
+        plot_defense_tradeoff(entries, png_tradeoff, f"Utility vs protection ({scope})")
+    else:
+        plot_utility_vs_protection(summary, png_tradeoff, f"Utility vs clone accuracy ({scope})")
     series = []
     if entries:
         def seed_curves(idx):

@@ -81,16 +81,24 @@ def test_headline_uses_each_victims_strongest_setting_and_pairs_seeds():
         _row("misleader", attack="knockoff", budget=20000, clone="0.01", vacc="0.8800",
              settings="pool=fashionmnist victim_output=label"),
     ]
-    t, m = comparison.headline(rows)
+    # an API defense on the teacher: a victim of its own, attacked with the bare teacher's strongest setting
+    rows += [_row("teacher", setting="b", budget=2000000, seed=0, clone="0.75", api_defense="rounding:decimals=1",
+                  served_acc="0.8950", served_l1="0.01"),
+             _row("teacher", attack="knockoff", budget=20000, clone="0.90", api_defense="rounding:decimals=1",
+                  served_acc="0.8950", settings="pool=fashionmnist victim_output=label")]
+    t, m, d = comparison.headline(rows)
     assert t["victim"] == "teacher" and t["dfme_setting"] == "b" and t["dfme"] == {0: 0.80, 1: 0.78}
     assert m["dfme_setting"] == "a" and m["dfme_budget"] == 2000000 and m["dfme"] == {0: 0.70, 1: 0.72}
     assert m["utility_cost"] == pytest.approx(0.02)
     assert m["dfme_protection"]["diffs"] == pytest.approx([0.10, 0.06])
-    assert list(m["knockoff"]) == ["fashionmnist", "synthetic"]
-    assert m["knockoff"]["fashionmnist"]["protection"]["mean"] == pytest.approx(0.05)
-    assert m["knockoff"]["synthetic"]["protection"]["mean"] == pytest.approx(0.10)
+    assert list(m["knockoff"]) == ["Knockoff fashionmnist", "Knockoff synthetic", "Knockoff fashionmnist label-only"]
+    assert m["knockoff"]["Knockoff fashionmnist"]["protection"]["mean"] == pytest.approx(0.05)
+    assert m["knockoff"]["Knockoff synthetic"]["protection"]["mean"] == pytest.approx(0.10)
+    assert m["knockoff"]["Knockoff fashionmnist label-only"]["protection"] is None  # the teacher has no such run
+    assert d["victim"] == "teacher + rounding:decimals=1" and d["utility_cost"] == pytest.approx(0.005)
+    assert d["dfme_setting"] == "b" and d["dfme_protection"]["diffs"] == pytest.approx([0.05])  # 0.80 - 0.75
     lines = comparison.headline_table(rows)
-    assert any(line.startswith("| misleader | 88.00 | 2.00 | dfme a, 2,000,000 queries | 71.00 ± 1.41 (2) | +8.00 ± 2.83 [")
+    assert any(line.startswith("| misleader | 88.00 | 2.00 | 0.0000 | dfme a, 2,000,000 queries | 71.00 ± 1.41 (2) | +8.00 ± 2.83 [")
                for line in lines)
     grid = comparison.grid_table(rows)
     assert "| teacher | 60.00 / 60.00 | **70.00 / 70.00** | b |" in grid
@@ -104,3 +112,18 @@ def test_protection_curves_interpolate_on_common_queries():
     assert xs == [0, 50, 100] and len(per_seed) == 1
     assert per_seed[0] == pytest.approx([0.0, 0.1, 0.2])
     assert report.protection_curves(teacher, {5: [(0, 0.1), (1, 0.1)]}) is None
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = [(0.0, 90.0), (5.0, 88.0), (3.0, 87.0), (10.0, 80.0), (10.0, 79.0), (-1.0, 91.0)]
+    assert report.pareto_front(pts) == [5, 0, 1, 3]  # (3, 87) loses to (5, 88); (10, 79) to (10, 80)
+
+
+def test_a_defended_victim_meets_the_strongest_of_the_settings_tried_on_it():
+    rows = [_row("teacher", setting="a", val="0.70", clone="0.70"), _row("teacher", setting="b", val="0.60", clone="0.65"),
+            # rounding on the teacher: the bare teacher's strongest (a) and an aware setting (b), chosen on validation
+            _row("teacher", setting="a", val="0.30", clone="0.35", api_defense="rounding:decimals=1"),
+            _row("teacher", setting="b", val="0.50", clone="0.45", api_defense="rounding:decimals=1")]
+    t, d = comparison.headline(rows)
+    assert t["dfme_setting"] == "a" and d["dfme_setting"] == "b"
+    assert d["dfme_protection"]["diffs"] == pytest.approx([0.70 - 0.45])  # the teacher's strongest (a) vs b

@@ -107,3 +107,18 @@ def test_compare_list_lines_run_in_parallel_and_skip_when_done(smoke):
     assert "already" in proc.stdout + proc.stderr  # the second pass skipped both
     bad = subprocess.run(["bash", "compare.sh", "--list", "nope"], cwd=root, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_compare_variant_member_finds_the_untagged_teacher(smoke):
+    """The smoke config has no TAG: a lambda = 0 member (tag lam0) must still read the untagged teacher."""
+    root, _ = smoke
+    env = {**os.environ, "CONFIG": "smoke", "MISLEADER_OFFLINE": "1", "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    listing = subprocess.run(["bash", "compare.sh", "--list", "train"], cwd=root, env=env, capture_output=True,
+                             text=True, timeout=60)
+    first = next(line for line in listing.stdout.splitlines() if "train_defense.py" in line)
+    assert "--tag lam0" in first
+    proc = subprocess.run(["bash", "-c", first + " --epochs 1"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ck = torch.load(root / "Defense/cache/defense/synthetic-lenet5-lam0.pt", weights_only=True)
+    assert ck["args"]["lambda_"] == 0.0 and ck["args"]["teacher_path"].endswith("synthetic-lenet5.pt")
