@@ -2,12 +2,13 @@
 # The comparison: does the defense protect against each victim's strongest attacker? Victims: the bare teacher,
 # the MISLEADER ensemble, the ensemble of the same members trained with lambda = 0 (distillation only) and a
 # homogeneous ensemble (three members of one architecture, same data split, initialisation seeds 1-3).
-#   1. train  the lambda = 0 and homogeneous members and their ensembles (teacher.sh and train.sh come first)
+#   1. train  the lambda = 0 and homogeneous members and their ensembles (teacher.sh and train.sh come first),
+#             and those of MISLEADER_VARIANTS (other lambda or a_iter)
 #   2. grid   every victim against every DFME_GRID setting (GRID_BUDGET queries, seed GRID_SEED), and Knockoff
 #             against every victim (COMPARE_SEEDS x COMPARE_POOLS), its budget curve and label-only answers
 #   3. final  DFME at QUERY_BUDGET with each victim's strongest grid setting (the highest clone accuracy on the
 #             validation split, never the test set): paired seeds COMPARE_SEEDS for teacher and MISLEADER,
-#             VARIANT_SEEDS for the other two
+#             VARIANT_SEEDS for the other two; the API_DEFENSES and MISLEADER_VARIANTS searched at GRID_BUDGET
 # Finished runs are skipped (RESUME=1), so compare.sh can be rerun after an interruption; it ends with report.sh.
 #   CONFIG=smoke bash compare.sh
 #   CONFIG=fashionmnist bash compare.sh --list [train|grid|final]
@@ -36,6 +37,12 @@ HOMO=$(variant_tag homo)
 declare -A VICTIM=([teacher]="$(victim_flags teacher)" [misleader]="$(victim_flags ensemble "$TAG")"
                    [lambda0]="$(victim_flags ensemble "$LAM0")" [homogeneous]="$(victim_flags ensemble "$HOMO")")
 VICTIMS=(teacher misleader lambda0 homogeneous)
+KNOBS=()  # the MISLEADER_VARIANTS' victims
+for variant in "${MISLEADER_VARIANTS[@]}"; do
+    read -r vname _ <<< "$variant"
+    VICTIM[misleader-$vname]="$(victim_flags ensemble "$(variant_tag "$vname")")"
+    KNOBS+=("misleader-$vname")
+done
 GRID_TAG="${ATTACK_TAG:+$ATTACK_TAG-}grid"
 
 if phase train; then
@@ -54,6 +61,17 @@ if phase train; then
         HOMO_MEMBERS+=("$harch:$(variant_tag homo$i)")
     done
     build_ensemble "$HOMO" "${HOMO_MEMBERS[@]}"
+    for variant in "${MISLEADER_VARIANTS[@]}"; do
+        read -r vname vflags <<< "$variant"
+        VARIANT_MEMBERS=()
+        for entry in "${MEMBERS[@]}"; do
+            read -r arch lambda T alpha attacker <<< "$entry"
+            # shellcheck disable=SC2086
+            train_member "$arch" "$lambda" "$T" "$alpha" "${attacker:-$arch}" "$(variant_tag "$vname")" "$SEED" $vflags
+            VARIANT_MEMBERS+=("$arch:$(variant_tag "$vname")")
+        done
+        build_ensemble "$(variant_tag "$vname")" "${VARIANT_MEMBERS[@]}"
+    done
 fi
 
 setting_attack() {  # label seed budget tag grid-entry victim-flags...: one DFME or DisGUIDE run of a grid setting
@@ -94,6 +112,10 @@ if phase grid; then
             knockoff_attack "$victim" "${COMPARE_SEEDS[0]}" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]} \
                 --api_defense "$defense" --victim_output label
         done
+    done
+    for victim in "${KNOBS[@]}"; do
+        # shellcheck disable=SC2086
+        knockoff_attack "$victim" "$GRID_SEED" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]}
     done
     for victim in teacher misleader; do
         for budget in "${KNOCKOFF_CURVE[@]}"; do
@@ -166,6 +188,17 @@ if phase final; then
                     ${VICTIM[$victim]} --api_defense "$defense"
             done
         done
+    done
+    # MISLEADER_VARIANTS: MISLEADER's strongest setting at GRID_BUDGET, seed GRID_SEED (the search)
+    for victim in "${KNOBS[@]}"; do
+        if [ ${#NAMES[@]} -eq 0 ]; then
+            # shellcheck disable=SC2086
+            dfme_attack "$victim" "$GRID_SEED" ${VICTIM[$victim]}
+        elif [ -n "${BEST[misleader]:-}" ]; then
+            # shellcheck disable=SC2086
+            setting_attack "$victim" "$GRID_SEED" "$GRID_BUDGET" "$GRID_TAG" "$(grid_entry "${BEST[misleader]}")" \
+                ${VICTIM[$victim]}
+        fi
     done
     if [ "$COMPARE_EXTRAS" = 1 ]; then
         seed="${COMPARE_SEEDS[0]}"

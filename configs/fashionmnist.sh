@@ -49,3 +49,6 @@ API_DEFENSES=(
 )
 AWARE_SETTINGS=(data)    # every defended API also meets DFME with queries kept in the data range
 FINAL_DEFENSES=()        # the search's best candidates, for the paired 2M runs (set after the search)
+# MISLEADER's own knobs on the same plot (the MNIST-like values are unpublished): each an ensemble of the members
+# retrained with the knob, attacked like the API defenses (base: lambda 0.5, a_iter 1)
+MISLEADER_VARIANTS=("lam0.1 --lambda_ 0.1" "lam1 --lambda_ 1" "lam2 --lambda_ 2" "aiter3 --a_iter 3" "aiter5 --a_iter 5")

@@ -27,6 +27,8 @@ API_DEFENSES=()        # output defenses served on top of the teacher and MISLEA
 FINAL_DEFENSES=()      # of API_DEFENSES, the candidates also attacked at QUERY_BUDGET on the paired COMPARE_SEEDS
 AWARE_SETTINGS=()      # grid settings every defended victim also meets, for attackers that know the defense (e.g. data:
                        # queries kept in the data range against adaptive misinformation)
+MISLEADER_VARIANTS=()  # "name flags...": the config's members retrained with other MISLEADER knobs (e.g. "lam1 --lambda_ 1",
+                       # "aiter3 --a_iter 3") into ensemble <tag>-name, label misleader-name; searched like API_DEFENSES
 COMPARE_EXTRAS=0       # 1: also DFME on each member alone and on MISLEADER with --probs_as_logits (first seed)
 LIST="${LIST:-0}"      # 1: stage functions print their command line instead of running it (compare.sh --list)
 DEVICE="${DEVICE:-auto}"     # environment may override: DEVICE=cpu bash test.sh
