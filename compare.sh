@@ -2,19 +2,21 @@
 # The comparison: does the defense protect against each victim's strongest attacker? Victims: the bare teacher,
 # the MISLEADER ensemble, the ensemble of the same members trained with lambda = 0 (distillation only) and a
 # homogeneous ensemble (three members of one architecture, same data split, initialisation seeds 1-3).
-#   1. train  the lambda = 0 and homogeneous members and their ensembles (teacher.sh and train.sh come first),
-#             and those of MISLEADER_VARIANTS (other lambda or a_iter)
+#   1. train  the members of the lambda = 0, homogeneous and MISLEADER_VARIANTS (other lambda or a_iter)
+#             ensembles (teacher.sh and train.sh come first); ensembles: build those ensembles (seconds)
 #   2. grid   every victim against every DFME_GRID setting (GRID_BUDGET queries, seed GRID_SEED), and Knockoff
-#             against every victim (COMPARE_SEEDS x COMPARE_POOLS), its budget curve and label-only answers
+#             against every victim (COMPARE_SEEDS x COMPARE_POOLS), its budget curve and label-only answers,
+#             and against the API_DEFENSES (also label-only) and the MISLEADER_VARIANTS
 #   3. final  DFME at QUERY_BUDGET with each victim's strongest grid setting (the highest clone accuracy on the
 #             validation split, never the test set): paired seeds COMPARE_SEEDS for teacher and MISLEADER,
 #             VARIANT_SEEDS for the other two; the API_DEFENSES and MISLEADER_VARIANTS searched at GRID_BUDGET
 # Finished runs are skipped (RESUME=1), so compare.sh can be rerun after an interruption; it ends with report.sh.
 #   CONFIG=smoke bash compare.sh
-#   CONFIG=fashionmnist bash compare.sh --list [train|grid|final]
+#   CONFIG=fashionmnist bash compare.sh --list [train|ensembles|grid|final]
 # --list prints the runs (all phases, or one) as self-contained command lines, one per line, and runs nothing:
-# run them from the repository root with any job runner, a phase's lines in any order and in parallel, phase 1
-# before phase 2. Phase 3's lines exist once a victim's grid is complete: list again after phase 2. E.g.
+# run them from the repository root with any job runner, a phase's lines in any order and in parallel, the
+# phases in order (train, ensembles, grid, final). Phase 3's lines exist once a victim's grid (or a defense's
+# search) is complete: list it again after phase 2. E.g.
 #   bash compare.sh --list grid > runs.txt && xargs -d '\n' -P 4 -I{} bash -c {} < runs.txt
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -22,9 +24,10 @@ PHASE=all
 if [ "${1:-}" = --list ]; then
     LIST=1
     PHASE="${2:-all}"
-    case "$PHASE" in all|train|grid|final) ;; *) echo "error: --list takes train, grid, final or nothing, got '$PHASE'" >&2; exit 2;; esac
+    case "$PHASE" in all|train|ensembles|grid|final) ;;
+        *) echo "error: --list takes train, ensembles, grid, final or nothing, got '$PHASE'" >&2; exit 2;; esac
 elif [ $# -gt 0 ]; then
-    echo "error: compare.sh takes no arguments but --list [train|grid|final], got '$1'" >&2
+    echo "error: compare.sh takes no arguments but --list [train|ensembles|grid|final], got '$1'" >&2
     exit 2
 fi
 source configs/load.sh
@@ -44,33 +47,51 @@ for variant in "${MISLEADER_VARIANTS[@]}"; do
     KNOBS+=("misleader-$vname")
 done
 GRID_TAG="${ATTACK_TAG:+$ATTACK_TAG-}grid"
+NAMES=()
+for entry in "${DFME_GRID[@]}"; do read -r name _ <<< "$entry"; NAMES+=("$name"); done
+grid_entry() {  # the DFME_GRID entry of a setting name
+    local e n
+    for e in "${DFME_GRID[@]}"; do read -r n _ <<< "$e"; if [ "$n" = "$1" ]; then echo "$e"; return 0; fi; done
+    return 0
+}
+for name in "${AWARE_SETTINGS[@]}"; do
+    [ -n "$(grid_entry "$name")" ] || { echo "error: AWARE_SETTINGS: '$name' is not a DFME_GRID setting (${NAMES[*]})" >&2; exit 2; }
+done
+for d in "${FINAL_DEFENSES[@]}"; do
+    found=0
+    for a in "${API_DEFENSES[@]}"; do [ "$a" = "$d" ] && found=1; done
+    [ "$found" = 1 ] || { echo "error: FINAL_DEFENSES: '$d' is not one of API_DEFENSES" >&2; exit 2; }
+done
 
-if phase train; then
-    say "phase 1: the lambda = 0 and homogeneous ensembles"
+# phase 1 in two steps: the members (independent runs), then the ensembles that read them
+member() { if phase train; then train_member "$@"; fi; }
+ensemble() { if phase ensembles; then build_ensemble "$@"; fi; }
+if phase train || phase ensembles; then
+    say "phase 1: the lambda = 0, homogeneous and MISLEADER_VARIANTS ensembles"
     LAM0_MEMBERS=()
     for entry in "${MEMBERS[@]}"; do
         read -r arch lambda T alpha attacker <<< "$entry"
-        train_member "$arch" 0 "$T" "$alpha" "${attacker:-$arch}" "$LAM0" "$SEED"
+        member "$arch" 0 "$T" "$alpha" "${attacker:-$arch}" "$LAM0" "$SEED"
         LAM0_MEMBERS+=("$arch:$LAM0")
     done
-    build_ensemble "$LAM0" "${LAM0_MEMBERS[@]}"
+    ensemble "$LAM0" "${LAM0_MEMBERS[@]}"
     read -r harch hlambda hT halpha hattacker <<< "${MEMBERS[0]}"
     HOMO_MEMBERS=()
     for i in 1 2 3; do
-        train_member "$harch" "$hlambda" "$hT" "$halpha" "${hattacker:-$harch}" "$(variant_tag homo$i)" "$((SEED + i))"
+        member "$harch" "$hlambda" "$hT" "$halpha" "${hattacker:-$harch}" "$(variant_tag homo$i)" "$((SEED + i))"
         HOMO_MEMBERS+=("$harch:$(variant_tag homo$i)")
     done
-    build_ensemble "$HOMO" "${HOMO_MEMBERS[@]}"
+    ensemble "$HOMO" "${HOMO_MEMBERS[@]}"
     for variant in "${MISLEADER_VARIANTS[@]}"; do
         read -r vname vflags <<< "$variant"
         VARIANT_MEMBERS=()
         for entry in "${MEMBERS[@]}"; do
             read -r arch lambda T alpha attacker <<< "$entry"
             # shellcheck disable=SC2086
-            train_member "$arch" "$lambda" "$T" "$alpha" "${attacker:-$arch}" "$(variant_tag "$vname")" "$SEED" $vflags
+            member "$arch" "$lambda" "$T" "$alpha" "${attacker:-$arch}" "$(variant_tag "$vname")" "$SEED" $vflags
             VARIANT_MEMBERS+=("$arch:$(variant_tag "$vname")")
         done
-        build_ensemble "$(variant_tag "$vname")" "${VARIANT_MEMBERS[@]}"
+        ensemble "$(variant_tag "$vname")" "${VARIANT_MEMBERS[@]}"
     done
 fi
 
@@ -132,9 +153,6 @@ fi
 
 if phase final; then
     say "phase 3: DFME at ${QUERY_BUDGET}M queries, each victim's strongest grid setting"
-    NAMES=()
-    for entry in "${DFME_GRID[@]}"; do read -r name _ <<< "$entry"; NAMES+=("$name"); done
-    grid_entry() { local e n; for e in "${DFME_GRID[@]}"; do read -r n _ <<< "$e"; [ "$n" = "$1" ] && echo "$e"; done; }
     declare -A BEST=()
     for victim in "${VICTIMS[@]}"; do
         BEST[$victim]=""
@@ -182,9 +200,18 @@ if phase final; then
                     ${VICTIM[$victim]} --api_defense "$defense"
             done
             [ "$final" = 1 ] || continue
+            # the defended victim's own strongest of the settings searched on it, on validation accuracy
+            # shellcheck disable=SC2046
+            dbest=$(python -m misleader.report --csv "$RESULTS" --config "$CONFIG" --strongest "$victim" \
+                    --api_defense "$defense" --grid_budget "$GRID_BUDGET" --grid_seed "$GRID_SEED" \
+                    --grid $(printf '%s\n' "${BEST[$victim]}" "${AWARE_SETTINGS[@]}" | awk '!seen[$0]++'))
+            if [ -z "$dbest" ]; then
+                say "$victim + $defense: no final runs yet, its search is not complete"
+                continue
+            fi
             for seed in "${COMPARE_SEEDS[@]}"; do
                 # shellcheck disable=SC2086
-                setting_attack "$victim" "$seed" "$QUERY_BUDGET" "$ATTACK_TAG" "$(grid_entry "${BEST[$victim]}")" \
+                setting_attack "$victim" "$seed" "$QUERY_BUDGET" "$ATTACK_TAG" "$(grid_entry "$dbest")" \
                     ${VICTIM[$victim]} --api_defense "$defense"
             done
         done

@@ -2,3 +2,6 @@
 # and milestones 0.1 0.3 0.5). configs/fashionmnist.sh shows the variant with DFME's 2M-query schedule.
 source configs/fashionmnist_design.sh
 DATASET=mnist
+# what configs/fashionmnist.sh names by dataset
+COMPARE_POOLS=(mnist synthetic)
+API_DEFENSES=("${API_DEFENSES[@]/fashionmnist-lenet5.pt/mnist-lenet5.pt}")

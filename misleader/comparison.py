@@ -110,18 +110,22 @@ def grid_runs(rows):
     return grid, (key[0], key[1], names)
 
 
-def strongest(rows, victim, names, budget, seed):
-    """(the name in ``names`` whose grid run against ``victim`` (budget queries, seed) has the highest clone accuracy
-    on the validation split, the names without such a run yet); the name is None until every name has its run.
-    Ties go to the earlier name. The test set plays no part."""
+def strongest(rows, victim, names, budget, seed, api_defense="none"):
+    """(the name in ``names`` whose grid run against ``victim`` (budget queries, seed, served with
+    ``api_defense``) has the highest clone accuracy on the validation split, the names without such a run yet);
+    the name is None until every name has its run. Ties go to the earlier name. The test set plays no part."""
     val = {}
     for i, r in enumerate(rows):
         name = field(r, "setting")
-        if (label(r) != victim or r.get("attack") not in GENERATOR_ATTACKS or name not in names or not _plain(r)
-                or _output(r) != "probs" or num(r, "query_budget", i, int) != budget or num(r, "seed", i, int) != seed):
+        if (label(r) != victim or r.get("attack") not in GENERATOR_ATTACKS or name not in names
+                or field(r, "api_defense") != api_defense or flag(r, "probs_as_logits") or _output(r) != "probs"
+                or num(r, "query_budget", i, int) != budget or num(r, "seed", i, int) != seed):
             continue
         if r.get("clone_val_acc"):
-            val[name] = float(r["clone_val_acc"])
+            val[name] = num(r, "clone_val_acc", i)
+            if math.isnan(val[name]):
+                raise UserError(f"results row {i}: clone_val_acc is nan (a run without a validation split, "
+                                "--val_size 0): the strongest setting is chosen on validation accuracy")
     missing = [n for n in names if n not in val]
     if missing:
         return None, missing
@@ -169,8 +173,6 @@ def final_dfme(rows, key, grid_info, budget=None):
                 val[name] = max(val.get(name, 0.0), float(rows[i]["clone_val_acc"]))
         best = max(val, key=lambda n: (val[n], n == best)) if val else best
     name, idx = _choose_setting(rows, at, best)
-    if budget == (grid_info or (None,))[0] and len(idx) > 1:  # the grid budget: the grid's seed only
-        idx = [i for i in idx if num(rows[i], "seed", i, int) == grid_info[1]] or idx
     return name, budget, idx
 
 
@@ -220,14 +222,14 @@ def headline(rows):
     for key in keys:
         name, budget, idx = final_dfme(rows, key, grid_info)
         d = _by_seed(rows, idx)
-        protection = None
+        protection, t_idx = None, []
         if key != teacher and budget is not None:
             _, t_budget, t_idx = final_dfme(rows, teacher, grid_info, budget)
             protection = paired(_by_seed(rows, t_idx), d) if t_budget == budget else None
         entry = {"victim": victim_name(key), "key": key, "victim_acc": acc[key][0], "served_acc": acc[key][1],
                  "served_l1": acc[key][2], "utility_cost": acc[teacher][1] - acc[key][1], "dfme_setting": name,
                  "dfme_budget": budget, "dfme_attack": rows[idx[0]]["attack"] if idx else None, "dfme": d,
-                 "dfme_rows": idx, "dfme_protection": protection, "knockoff": {}}
+                 "dfme_rows": idx, "teacher_rows": t_idx, "dfme_protection": protection, "knockoff": {}}
         for title, pool, output in columns:
             kb, kidx = knockoff_runs(rows, key, pool, output)
             k = _by_seed(rows, kidx)

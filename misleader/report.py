@@ -1,12 +1,14 @@
-"""The results report: a markdown table and two plots from results/results.csv, and a check of that CSV.
+"""The results report: markdown tables and three plots from results/results.csv, and a check of that CSV.
 
-``write_report`` groups the attack rows by victim (the ``label`` column; a run with probs_as_logits=1 is its
-own victim), averages over seeds and writes ``report.md``, ``clone_vs_queries.png`` (from each run's
-metrics.csv) and ``utility_vs_protection.png``. ``verify`` reloads every saved clone and victim from its
+``write_report`` writes ``report.md``: for one config, the headline (each victim against its strongest attacker,
+paired protection; misleader/comparison.py) and the data-free grid; then every experiment (rows grouped by
+victim and attack settings, averaged over seeds). Plots: ``protection_vs_queries.png``, ``clone_vs_queries.png``
+(from each run's metrics.csv) and ``utility_vs_protection.png``. ``verify`` reloads every saved clone and victim from its
 checkpoint, reruns the test-set evaluation of DFME/dfme.py and compares it with the CSV. Nothing is trained.
 
     python -m misleader.report [--config quick] [--out results]
     python -m misleader.report --verify 1
+    python -m misleader.report --config fashionmnist --strongest teacher --grid late early --grid_budget 1
 """
 
 import csv
@@ -348,21 +350,28 @@ def pareto_front(points):
 
 def plot_defense_tradeoff(entries, path, title):
     """One point per victim of the comparison: x = protection against its final data-free attack (mean over
-    paired seeds, the bare teacher at 0), y = test accuracy of the served answers; the Pareto front dashed."""
-    pts, names = [], []
+    paired seeds, the bare teacher at 0), y = test accuracy of the served answers; one colour and one Pareto
+    front (dashed) per attack budget."""
+    by_budget = {}  # protections at different budgets (a 1M search, 2M paired runs) are not one front
     for e in entries:
         p = e["dfme_protection"]
-        if e["key"] == ("teacher", "none") or p is not None:
-            pts.append((0.0 if p is None else 100 * p["mean"], 100 * e["served_acc"]))
-            names.append(e["victim"])
+        if p is not None:
+            by_budget.setdefault(e["dfme_budget"], []).append((100 * p["mean"], 100 * e["served_acc"], e["victim"]))
+    teacher = entries[0]
     fig, ax = _figure()
-    for k, ((x, y), name) in enumerate(zip(pts, names)):
-        ax.plot([x], [y], "o")
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6 if k % 2 == 0 else -12), fontsize="small")
-    front = pareto_front(pts)
-    if len(front) > 1:
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", linewidth=1, label="Pareto front")
-        ax.legend(loc="best", fontsize="small")
+    for budget in sorted(by_budget):
+        pts = [(0.0, 100 * teacher["served_acc"], "teacher")] + by_budget[budget]
+        marker = ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], "o",
+                         label=f"{budget / 1e6:g}M queries")[0]
+        for k, (x, y, name) in enumerate(pts[1:]):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6 if k % 2 == 0 else -12),
+                        fontsize="small")
+        front = pareto_front([(x, y) for x, y, _ in pts])
+        if len(front) > 1:
+            ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", linewidth=1,
+                    color=marker.get_color())
+    if by_budget:
+        ax.legend(loc="best", fontsize="small", title="dashed: Pareto front")
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("protection against the data-free attack (points; higher = better)")
     ax.set_ylabel("served test accuracy (%)  (higher = more utility)")
@@ -391,7 +400,7 @@ def plot_utility_vs_protection(summary, path, title):
 
 
 def write_report(csv_path, out_dir, config=None):
-    """Write out_dir/report.md and the two plots; return the paths written."""
+    """Write out_dir/report.md and the three plots; return the paths written."""
     rows = filter_config(load_results(csv_path), config, csv_path)
     summary = summarize(rows)
     groups = _groups(rows)
@@ -433,10 +442,9 @@ def write_report(csv_path, out_dir, config=None):
                 if c:
                     out[_num(rows[i], "seed", i, int)] = c
             return out
-        teacher = seed_curves(entries[0]["dfme_rows"])
         for e in entries[1:]:
-            if e["dfme_protection"] is not None:
-                pc = protection_curves(teacher, seed_curves(e["dfme_rows"]))
+            if e["dfme_protection"] is not None:  # paired with the teacher's runs at the victim's budget
+                pc = protection_curves(seed_curves(e["teacher_rows"]), seed_curves(e["dfme_rows"]))
                 if pc:
                     series.append((e["victim"], *pc))
     plot_protection_vs_queries(series, png_protection, f"Protection vs queries, paired seeds ({scope})")
@@ -595,6 +603,8 @@ def parse(argv):
     p.add_argument("--grid", nargs="+", default=[], help="with --strongest: the setting names of the grid")
     p.add_argument("--grid_budget", type=float, default=1.0, help="with --strongest: queries of a grid run, millions")
     p.add_argument("--grid_seed", type=int, default=0, help="with --strongest: seed of the grid runs")
+    p.add_argument("--api_defense", default="none", help="with --strongest: the victim's API defense (its spec as in "
+                                                         "the results' api_defense column)")
     p.add_argument("--data_root", default="data", help="with --verify 1: folder with the datasets")
     p.add_argument("--device", default="cpu", help="with --verify 1: cpu, cuda, cuda:N or auto")
     return p.parse_args(argv)
@@ -609,8 +619,10 @@ def main(argv):
         if os.path.isfile(args.csv):  # no file or no rows of the config yet: no grid run is done
             with open(args.csv, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if args.config is None or (r.get("config") or "") == args.config]
+        from misleader import api_defense  # the row records the canonical spelling of the defense
+
         best, missing = comparison.strongest(rows, args.strongest, args.grid, round(args.grid_budget * 1e6),
-                                             args.grid_seed)
+                                             args.grid_seed, api_defense.canonical(args.api_defense))
         if best is None:
             print(f"{args.strongest}: no strongest setting yet, grid runs missing: {' '.join(missing)}",
                   file=sys.stderr)

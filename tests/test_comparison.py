@@ -43,6 +43,9 @@ def test_strongest_is_chosen_on_validation_not_test():
     assert comparison.strongest(rows, "teacher", ["a", "b"], 1000000, 0) == ("b", [])
     assert comparison.strongest(rows, "teacher", ["a", "b", "c"], 1000000, 0) == (None, ["c"])
     assert comparison.strongest(rows, "teacher", ["a", "b"], 1000000, 1) == (None, ["a", "b"])
+    defended = [_row("teacher", setting=n, val=v, api_defense="topk:k=1") for n, v in [("a", "0.2"), ("b", "0.1")]]
+    assert comparison.strongest(rows + defended, "teacher", ["a", "b"], 1000000, 0) == ("b", [])
+    assert comparison.strongest(rows + defended, "teacher", ["a", "b"], 1000000, 0, "topk:k=1") == ("a", [])
     rows.append(_row("teacher", setting="c", clone="0.10", val="0.65"))  # a tie goes to the earlier name
     assert comparison.strongest(rows, "teacher", ["a", "b", "c"], 1000000, 0) == ("b", [])
 

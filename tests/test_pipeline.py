@@ -107,6 +107,11 @@ def test_compare_list_lines_run_in_parallel_and_skip_when_done(smoke):
     assert "already" in proc.stdout + proc.stderr  # the second pass skipped both
     bad = subprocess.run(["bash", "compare.sh", "--list", "nope"], cwd=root, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    with open(root / "configs/badaware.sh", "w") as f:  # an aware setting that is not in the grid
+        f.write('source configs/smoke.sh\nDFME_GRID=("a dfme --steps 0.5")\nAWARE_SETTINGS=(b)\n')
+    bad = subprocess.run(["bash", "compare.sh", "--list"], cwd=root, env={**env, "CONFIG": "badaware"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "AWARE_SETTINGS: 'b'" in bad.stderr and bad.stdout == ""
 
 
 def test_compare_variant_member_finds_the_untagged_teacher(smoke):
