@@ -52,7 +52,8 @@ def dfme(root, name, *extra):
 def test_dfme_killed_with_sigkill_and_resumed_matches_uninterrupted_run(tmp_path):
     root = str(tmp_path)
     save_teacher(root)
-    subprocess.run(dfme(root, "full"), cwd=root, env=env(), check=True, capture_output=True, timeout=240)
+    # the uninterrupted reference runs beside the interrupted one (one thread each, two cores)
+    full = subprocess.Popen(dfme(root, "full"), cwd=root, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     state = os.path.join(root, "DFME", "cache", "synthetic-teacher-lenet5-seed0-cut.state.pt")
     proc = subprocess.Popen(dfme(root, "cut", "--save_every_min", "0.0005"), cwd=root, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -68,6 +69,7 @@ def test_dfme_killed_with_sigkill_and_resumed_matches_uninterrupted_run(tmp_path
     assert saved["queries_used"] > 0  # saved after an iteration: there is work to skip
     resumed = subprocess.run(dfme(root, "cut", "--resume", "1"), cwd=root, env=env(), check=True,
                              capture_output=True, text=True, timeout=240).stdout
+    assert full.wait(timeout=240) == 0, full.stderr.read()
     # it started from the saved epoch, iteration and query count, and ran only the epochs after the saved one
     where = re.search(r"resumed from \S+: epoch (\d+), iteration (\d+), (\d+) queries used", resumed)
     assert where, f"the resumed run does not say it resumed:\n{resumed[-2000:]}"
@@ -120,7 +122,8 @@ def teacher(root, name, *extra):
 
 def test_teacher_sigterm_saves_state_and_resume_gives_identical_metrics(tmp_path):
     root = str(tmp_path)
-    subprocess.run(teacher(root, "full"), cwd=root, env=env(), check=True, capture_output=True, timeout=240)
+    full = subprocess.Popen(teacher(root, "full"), cwd=root, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # the reference, beside the interrupted run
     proc = subprocess.Popen(teacher(root, "cut"), cwd=root, env=env(), stdout=subprocess.PIPE, text=True)
     for line in proc.stdout:  # wait for the second epoch's line, then stop it in the middle of the third
         if line.startswith("[2]"):
@@ -136,6 +139,7 @@ def test_teacher_sigterm_saves_state_and_resume_gives_identical_metrics(tmp_path
     assert saved["epoch"] >= 2 and saved["batch"] >= 1  # stopped after the second epoch, within a later one
     resumed = subprocess.run(teacher(root, "cut", "--resume", "1"), cwd=root, env=env(), check=True,
                              capture_output=True, text=True, timeout=240).stdout
+    assert full.wait(timeout=240) == 0, full.stderr.read()
     # it started from the saved epoch and batch and logged only the epochs after the saved one
     assert f": epoch {saved['epoch']} done, batch {saved['batch']} of the next" in resumed, \
         f"the resumed run does not say it resumed at epoch {saved['epoch']}, batch {saved['batch']}:\n{resumed[-2000:]}"
@@ -152,10 +156,12 @@ def test_teacher_sigterm_saves_state_and_resume_gives_identical_metrics(tmp_path
 
 def test_same_seed_gives_identical_metrics_files(tmp_path):
     root = str(tmp_path)
-    for name in ("a", "b"):
+    procs = []
+    for name in ("a", "b"):  # at the same time: what two runs share is only the seed
         args = teacher(root, name)
         args[args.index("4")] = "2"
-        subprocess.run(args, cwd=root, env=env(), check=True, capture_output=True, timeout=240)
+        procs.append(subprocess.Popen(args, cwd=root, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    assert [p.wait(timeout=240) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
     a = open(os.path.join(root, "runs", "teacher", "a", "metrics.csv")).read()
     b = open(os.path.join(root, "runs", "teacher", "b", "metrics.csv")).read()
     assert a == b and a.count("\n") == 3
