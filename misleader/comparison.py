@@ -142,11 +142,16 @@ def _generator_rows(rows, key):
 
 
 def _choose_setting(rows, idx, preferred):
-    """The rows of ``idx`` with setting ``preferred`` if any, else those of the setting with the most seeds."""
+    """The rows of ``idx`` with setting ``preferred`` if any, else those of the setting with the most seeds and,
+    among those, the best mean validation accuracy of the clone."""
     by_setting = {}
     for i in idx:
         by_setting.setdefault(field(rows[i], "setting"), []).append(i)
-    name = preferred if preferred in by_setting else max(by_setting, key=lambda s: len(by_setting[s]))
+
+    def val(name):
+        xs = [float(rows[i]["clone_val_acc"]) for i in by_setting[name] if rows[i].get("clone_val_acc")]
+        return sum(xs) / len(xs) if xs else -1.0
+    name = preferred if preferred in by_setting else max(by_setting, key=lambda s: (len(by_setting[s]), val(s)))
     return name, by_setting[name]
 
 
@@ -226,7 +231,8 @@ def headline(rows):
         if key != teacher and budget is not None:
             _, t_budget, t_idx = final_dfme(rows, teacher, grid_info, budget)
             protection = paired(_by_seed(rows, t_idx), d) if t_budget == budget else None
-        entry = {"victim": victim_name(key), "key": key, "victim_acc": acc[key][0], "served_acc": acc[key][1],
+        missing = strongest(rows, key[0], grid_info[2], grid_info[0], grid_info[1])[1] if grid_info else []
+        entry = {"victim": victim_name(key), "key": key, "grid_missing": missing, "victim_acc": acc[key][0], "served_acc": acc[key][1],
                  "served_l1": acc[key][2], "utility_cost": acc[teacher][1] - acc[key][1], "dfme_setting": name,
                  "dfme_budget": budget, "dfme_attack": rows[idx[0]]["attack"] if idx else None, "dfme": d,
                  "dfme_rows": idx, "teacher_rows": t_idx, "dfme_protection": protection, "knockoff": {}}
@@ -300,7 +306,9 @@ def headline_table(rows):
              "|---|" + "---:|" * (n_left - 1) + "---|" + "---:|" * (len(head) - n_left - 1)]
     for e in entries:
         attack = "-" if e["dfme_budget"] is None else \
-            f"{e['dfme_attack']} {e['dfme_setting'] or 'config default'}, {e['dfme_budget']:,} queries"
+            f"{e['dfme_attack']} {e['dfme_setting'] or 'config default'}, {e['dfme_budget']:,} queries" + \
+            (f" (grid incomplete, {len(e['grid_missing'])} setting(s) to run: best on validation so far)"
+             if e["grid_missing"] else "")
         cells = [e["victim"], f"{100 * e['served_acc']:.2f}", f"{100 * e['utility_cost']:.2f}"] + \
             ([f"{e['served_l1']:.4f}"] if served else []) + \
             [attack, _clone_text(e["dfme"]), protection_text(e["dfme_protection"])]

@@ -130,3 +130,14 @@ def test_a_defended_victim_meets_the_strongest_of_the_settings_tried_on_it():
     t, d = comparison.headline(rows)
     assert t["dfme_setting"] == "a" and d["dfme_setting"] == "b"
     assert d["dfme_protection"]["diffs"] == pytest.approx([0.70 - 0.45])  # the teacher's strongest (a) vs b
+
+
+def test_an_incomplete_grid_is_said_and_its_best_on_validation_used():
+    rows = [_row("teacher", setting="a", val="0.50", clone="0.70"), _row("teacher", setting="b", val="0.60", clone="0.65"),
+            _row("teacher", setting="c", val="0.55", clone="0.60"), _row("misleader", setting="a", val="0.40", clone="0.45"),
+            _row("misleader", setting="b", val="0.30", clone="0.50")]  # misleader lacks c
+    t, m = comparison.headline(rows)
+    assert t["dfme_setting"] == "b" and t["grid_missing"] == []
+    assert m["dfme_setting"] == "a" and m["grid_missing"] == ["c"]
+    table = "\n".join(comparison.headline_table(rows))
+    assert "dfme a, 1,000,000 queries (grid incomplete, 1 setting(s) to run" in table
