@@ -238,4 +238,4 @@ if phase final; then
     fi
 fi
 
-[ "$LIST" = 1 ] || bash report.sh --config "$CONFIG"
+[ "$LIST" = 1 ] || bash report.sh --config "$CONFIG" ${NAMES[0]:+--grid "${NAMES[@]}"}

@@ -91,9 +91,11 @@ def victim_name(key):
     return key[0] if key[1] == "none" else f"{key[0]} + {key[1]}"
 
 
-def grid_runs(rows):
+def grid_runs(rows, names=None):
     """The DFME grid: {label: {setting: row index}} of the generator-attack rows with a setting name at the grid
-    budget and seed (the budget and seed with the most distinct setting names), plus (budget, seed, names)."""
+    budget and seed (the budget and seed with the most distinct setting names), plus (budget, seed, names).
+    ``names``: the grid's full list of settings (compare.sh's DFME_GRID), so that settings not run yet count as
+    missing; by default the names the rows hold."""
     count = {}
     for i, r in enumerate(rows):
         if r.get("attack") in GENERATOR_ATTACKS and field(r, "setting") and _plain(r) and _output(r) == "probs":
@@ -102,7 +104,7 @@ def grid_runs(rows):
     if not count:
         return {}, None
     key = max(count, key=lambda k: (len({field(rows[i], "setting") for i in count[k]}), -k[0]))
-    names, grid = [], {}
+    names, grid = list(names or []), {}
     for i in count[key]:
         name = field(rows[i], "setting")
         names += [name] if name not in names else []
@@ -207,7 +209,7 @@ def _attack_columns(rows):
     return cols
 
 
-def headline(rows):
+def headline(rows, grid_names=None):
     """The answer, one dict per victim (the bare teacher first; a victim is a label with the API defense it
     serves): utility cost, the final data-free attack and each Knockoff column with clone accuracies and
     paired protection against the bare teacher under the same attack, budget and seeds. [] without teacher rows."""
@@ -217,7 +219,7 @@ def headline(rows):
         return []
     keys.remove(teacher)
     keys.insert(0, teacher)
-    _, grid_info = grid_runs(rows)
+    _, grid_info = grid_runs(rows, grid_names)
     acc = {}
     for i, r in enumerate(rows):
         acc.setdefault(victim_key(r), (num(r, "victim_acc", i), num({"s": field(r, "served_acc")}, "s", i),
@@ -246,10 +248,10 @@ def headline(rows):
     return out
 
 
-def grid_table(rows):
+def grid_table(rows, grid_names=None):
     """Markdown lines of the grid (validation / test clone accuracy per victim and setting; the strongest in
     bold), or [] without a grid."""
-    grid, info = grid_runs(rows)
+    grid, info = grid_runs(rows, grid_names)
     if not grid:
         return []
     budget, seed, names = info
@@ -290,9 +292,9 @@ def protection_text(p):
     return f"{100 * p['mean']:+.2f} ± {100 * p['std']:.2f} [{100 * p['lo']:+.2f}, {100 * p['hi']:+.2f}] ({p['n']})"
 
 
-def headline_table(rows):
+def headline_table(rows, grid_names=None):
     """Markdown lines of the headline table, or [] without teacher rows."""
-    entries = headline(rows)
+    entries = headline(rows, grid_names)
     if not entries:
         return []
     columns = list(entries[0]["knockoff"])

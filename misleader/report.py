@@ -399,8 +399,9 @@ def plot_utility_vs_protection(summary, path, title):
     _save(fig, path)
 
 
-def write_report(csv_path, out_dir, config=None):
-    """Write out_dir/report.md and the three plots; return the paths written."""
+def write_report(csv_path, out_dir, config=None, grid_names=None):
+    """Write out_dir/report.md and the three plots; return the paths written. ``grid_names``: the full list of
+    the data-free grid's settings (settings without runs yet are then reported as missing)."""
     rows = filter_config(load_results(csv_path), config, csv_path)
     summary = summarize(rows)
     groups = _groups(rows)
@@ -423,7 +424,7 @@ def write_report(csv_path, out_dir, config=None):
     md = os.path.join(out_dir, "report.md")
     png_curves, png_tradeoff, png_protection = (os.path.join(out_dir, p) for p in PLOT_FILES)
     one = len({(r.get("config") or "", r["dataset"]) for r in rows}) == 1  # a comparison is within one config
-    entries = comparison.headline(rows) if one else []
+    entries = comparison.headline(rows, grid_names) if one else []
     final = {i for e in entries for i in e["dfme_rows"]}
     if final:  # the plot shows the headline's data-free runs; the full table has every group
         curves = [(name, runs) for (name, runs), members in zip(curves, groups.values())
@@ -453,9 +454,9 @@ def write_report(csv_path, out_dir, config=None):
              f"Source: `{_note_path(csv_path, out_dir)}`, {len(rows)} attack run(s)"
              + (f" with config `{config}`" if config is not None else "") + f"; dataset(s): {', '.join(datasets)}.", ""]
     if entries:
-        lines += ["## Each victim against its strongest attacker", ""] + comparison.headline_table(rows) + \
+        lines += ["## Each victim against its strongest attacker", ""] + comparison.headline_table(rows, grid_names) + \
                  ["", f"![protection vs queries]({PLOT_FILES[2]})", ""]
-    grid = comparison.grid_table(rows) if one else []
+    grid = comparison.grid_table(rows, grid_names) if one else []
     if grid:
         lines += ["## The data-free attack grid", ""] + grid + [""]
     lines += ["## Every run", "",
@@ -600,7 +601,9 @@ def parse(argv):
                    help="instead of the report: print the name of VICTIM's (a label) strongest --grid setting, the one "
                         "whose run at --grid_budget and --grid_seed has the highest clone accuracy on the validation "
                         "split; print nothing (and name the missing runs on stderr) until every setting has its run")
-    p.add_argument("--grid", nargs="+", default=[], help="with --strongest: the setting names of the grid")
+    p.add_argument("--grid", nargs="+", default=[],
+                   help="the setting names of the data-free grid (compare.sh's DFME_GRID): for --strongest, and for "
+                        "the report, where settings without a run yet are shown as missing")
     p.add_argument("--grid_budget", type=float, default=1.0, help="with --strongest: queries of a grid run, millions")
     p.add_argument("--grid_seed", type=int, default=0, help="with --strongest: seed of the grid runs")
     p.add_argument("--api_defense", default="none", help="with --strongest: the victim's API defense (its spec as in "
@@ -639,7 +642,7 @@ def main(argv):
         if bad:
             sys.exit(1)
         return
-    for path in write_report(args.csv, args.out, args.config):
+    for path in write_report(args.csv, args.out, args.config, args.grid or None):
         print(f"wrote {path}")
 
 

@@ -141,3 +141,11 @@ def test_an_incomplete_grid_is_said_and_its_best_on_validation_used():
     assert m["dfme_setting"] == "a" and m["grid_missing"] == ["c"]
     table = "\n".join(comparison.headline_table(rows))
     assert "dfme a, 1,000,000 queries (grid incomplete, 1 setting(s) to run" in table
+
+
+def test_the_full_grid_list_shows_settings_not_run_yet():
+    rows = [_row("teacher", setting="a", val="0.50"), _row("misleader", setting="a", val="0.40")]
+    assert comparison.headline(rows)[1]["grid_missing"] == []  # the rows alone: a grid of one
+    t, m = comparison.headline(rows, ["a", "b"])
+    assert t["grid_missing"] == ["b"] and m["grid_missing"] == ["b"]
+    assert "| teacher | 50.00 / 50.00 | - | grid incomplete: b |" in comparison.grid_table(rows, ["a", "b"])
