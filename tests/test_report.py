@@ -271,3 +271,22 @@ def test_rows_of_different_experiments_are_never_averaged(tmp_path):
     md = report.write_report(_write_csv(tmp_path / "r2.csv", rows), str(tmp_path / "out"))[0]
     table = [line for line in open(md).read().splitlines() if line.startswith("| teacher")]
     assert len(table) == 4
+
+
+def test_git_commit_is_dirty_for_code_not_for_results(tmp_path):
+    from misleader.runlog import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    os.makedirs(tmp_path / "results")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "results.csv").write_text("a\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    clean = git_commit(str(tmp_path))
+    assert len(clean) == 12 and not clean.endswith("-dirty")
+    (tmp_path / "results" / "results.csv").write_text("a\n1\n")  # a run appended its row
+    assert git_commit(str(tmp_path)) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(str(tmp_path)) == clean + "-dirty"
