@@ -4,8 +4,9 @@ validation split; paired protection over seeds with a Student-t interval; the he
 Protection of a victim against an attack = clone accuracy against the teacher minus clone accuracy against the
 victim, per seed (the same seed gives the same attacker start against every victim), then averaged: mean,
 sample std and a 95 % confidence interval (Student t, n - 1 degrees of freedom). Utility cost = the teacher's
-test accuracy minus the test accuracy of the victim's served answers. Only rows without an API defense and
-without --probs_as_logits take part; the full table of report.md lists every row.
+test accuracy minus the test accuracy of the victim's served answers. A victim is a label with the API
+defense its answers pass through; rows with --probs_as_logits take no part (the full table of report.md
+lists every row).
 """
 
 import math
