@@ -29,6 +29,18 @@ def t975(df):
     return _T975[df - 1] if df <= 30 else 1.95996 + 2.37 / df
 
 
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def std(xs):
+    """Sample standard deviation (ddof=1); 0.0 for a single value."""
+    if len(xs) < 2:
+        return 0.0
+    m = mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
 def num(row, col, i, kind=float):
     value = row.get(col)
     try:
@@ -65,12 +77,12 @@ def paired(by_seed_a, by_seed_b):
     if not seeds:
         return None
     d = [by_seed_a[s] - by_seed_b[s] for s in seeds]
-    n, mean = len(d), sum(d) / len(d)
-    out = {"n": n, "seeds": seeds, "mean": mean, "std": None, "lo": None, "hi": None, "diffs": d}
+    n, m = len(d), mean(d)
+    out = {"n": n, "seeds": seeds, "mean": m, "std": None, "lo": None, "hi": None, "diffs": d}
     if n >= 2:
-        std = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
-        half = t975(n - 1) * std / math.sqrt(n)
-        out.update(std=std, lo=mean - half, hi=mean + half)
+        sd = std(d)
+        half = t975(n - 1) * sd / math.sqrt(n)
+        out.update(std=sd, lo=m - half, hi=m + half)
     return out
 
 
@@ -153,7 +165,7 @@ def _choose_setting(rows, idx, preferred):
 
     def val(name):
         xs = [float(rows[i]["clone_val_acc"]) for i in by_setting[name] if rows[i].get("clone_val_acc")]
-        return sum(xs) / len(xs) if xs else -1.0
+        return mean(xs) if xs else -1.0
     name = preferred if preferred in by_setting else max(by_setting, key=lambda s: (len(by_setting[s]), val(s)))
     return name, by_setting[name]
 
@@ -278,11 +290,9 @@ def _clone_text(by_seed):
     if not by_seed:
         return "-"
     xs = list(by_seed.values())
-    m = sum(xs) / len(xs)
     if len(xs) == 1:
-        return f"{100 * m:.2f} (1 seed)"
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    return f"{100 * m:.2f} ± {100 * sd:.2f} ({len(xs)})"
+        return f"{100 * xs[0]:.2f} (1 seed)"
+    return f"{100 * mean(xs):.2f} ± {100 * std(xs):.2f} ({len(xs)})"
 
 
 def protection_text(p):

@@ -12,13 +12,12 @@ checkpoint, reruns the test-set evaluation of DFME/dfme.py and compares it with 
 """
 
 import csv
-import math
 import os
 import sys
 
 from misleader.cli import Parser, main_wrapper
 from misleader import comparison
-from misleader.comparison import field as _field, flag as _flag, num as _num
+from misleader.comparison import field as _field, flag as _flag, mean as _mean, num as _num, std as _std
 from misleader.errors import UserError
 
 # What the report reads; verify also needs the checkpoints.
@@ -115,18 +114,6 @@ def _groups(rows):
     for i, r in enumerate(rows):
         groups.setdefault(group_key(r), []).append((i, r))
     return groups
-
-
-def _mean(xs):
-    return sum(xs) / len(xs)
-
-
-def _std(xs):
-    """Sample standard deviation (ddof=1); 0.0 for a single value."""
-    if len(xs) < 2:
-        return 0.0
-    m = _mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 def summarize(rows):
