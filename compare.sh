@@ -107,6 +107,17 @@ setting_attack() {  # label seed budget tag grid-entry victim-flags...: one DFME
     esac
 }
 
+best_attack() {  # label seed budget tag setting victim-flags...: the named grid setting, or without a grid (empty
+    # setting) the config's own DFME settings at QUERY_BUDGET
+    local label="$1" seed="$2" budget="$3" tag="$4" name="$5"
+    shift 5
+    if [ -n "$name" ]; then
+        setting_attack "$label" "$seed" "$budget" "$tag" "$(grid_entry "$name")" "$@"
+    else
+        dfme_attack "$label" "$seed" "$@"
+    fi
+}
+
 if phase grid; then
     say "phase 2: the DFME grid (${#DFME_GRID[@]} settings, ${GRID_BUDGET}M queries, seed $GRID_SEED) and Knockoff"
     for victim in "${VICTIMS[@]}"; do
@@ -170,13 +181,8 @@ if phase final; then
             *) seeds=("${COMPARE_SEEDS[@]}");;
         esac
         for seed in "${seeds[@]}"; do
-            if [ -n "${BEST[$victim]}" ]; then
-                # shellcheck disable=SC2086
-                setting_attack "$victim" "$seed" "$QUERY_BUDGET" "$ATTACK_TAG" "$(grid_entry "${BEST[$victim]}")" ${VICTIM[$victim]}
-            else
-                # shellcheck disable=SC2086
-                dfme_attack "$victim" "$seed" ${VICTIM[$victim]}
-            fi
+            # shellcheck disable=SC2086
+            best_attack "$victim" "$seed" "$QUERY_BUDGET" "$ATTACK_TAG" "${BEST[$victim]}" ${VICTIM[$victim]}
         done
     done
     # API defenses on the teacher and MISLEADER. With a grid: the bare model's strongest setting (and
@@ -189,15 +195,14 @@ if phase final; then
             if [ ${#NAMES[@]} -eq 0 ]; then
                 for seed in "${COMPARE_SEEDS[@]}"; do
                     # shellcheck disable=SC2086
-                    dfme_attack "$victim" "$seed" ${VICTIM[$victim]} --api_defense "$defense"
+                    best_attack "$victim" "$seed" "$QUERY_BUDGET" "$ATTACK_TAG" "" ${VICTIM[$victim]} --api_defense "$defense"
                 done
                 continue
             fi
             [ -z "${BEST[$victim]:-}" ] && continue  # waits for the bare model's grid
             for name in $(printf '%s\n' "${BEST[$victim]}" "${AWARE_SETTINGS[@]}" | awk '!seen[$0]++'); do
                 # shellcheck disable=SC2086
-                setting_attack "$victim" "$GRID_SEED" "$GRID_BUDGET" "$GRID_TAG" "$(grid_entry "$name")" \
-                    ${VICTIM[$victim]} --api_defense "$defense"
+                best_attack "$victim" "$GRID_SEED" "$GRID_BUDGET" "$GRID_TAG" "$name" ${VICTIM[$victim]} --api_defense "$defense"
             done
             [ "$final" = 1 ] || continue
             # the defended victim's own strongest of the settings searched on it, on validation accuracy
@@ -211,21 +216,15 @@ if phase final; then
             fi
             for seed in "${COMPARE_SEEDS[@]}"; do
                 # shellcheck disable=SC2086
-                setting_attack "$victim" "$seed" "$QUERY_BUDGET" "$ATTACK_TAG" "$(grid_entry "$dbest")" \
-                    ${VICTIM[$victim]} --api_defense "$defense"
+                best_attack "$victim" "$seed" "$QUERY_BUDGET" "$ATTACK_TAG" "$dbest" ${VICTIM[$victim]} --api_defense "$defense"
             done
         done
     done
     # MISLEADER_VARIANTS: MISLEADER's strongest setting at GRID_BUDGET, seed GRID_SEED (the search)
     for victim in "${KNOBS[@]}"; do
-        if [ ${#NAMES[@]} -eq 0 ]; then
-            # shellcheck disable=SC2086
-            dfme_attack "$victim" "$GRID_SEED" ${VICTIM[$victim]}
-        elif [ -n "${BEST[misleader]:-}" ]; then
-            # shellcheck disable=SC2086
-            setting_attack "$victim" "$GRID_SEED" "$GRID_BUDGET" "$GRID_TAG" "$(grid_entry "${BEST[misleader]}")" \
-                ${VICTIM[$victim]}
-        fi
+        [ ${#NAMES[@]} -gt 0 ] && [ -z "${BEST[misleader]:-}" ] && continue  # waits for MISLEADER's grid
+        # shellcheck disable=SC2086
+        best_attack "$victim" "$GRID_SEED" "$GRID_BUDGET" "$GRID_TAG" "${BEST[misleader]:-}" ${VICTIM[$victim]}
     done
     if [ "$COMPARE_EXTRAS" = 1 ]; then
         seed="${COMPARE_SEEDS[0]}"
