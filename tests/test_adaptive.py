@@ -277,7 +277,7 @@ def test_disguide_smoke_run_through_load_sh_writes_one_row(tmp_path):
                     checkpoint.classifier_payload(create_model("lenet5", 10, 1), "lenet5", "synthetic", 10, 1))
     env = {**os.environ, "CONFIG": "smoke", "MISLEADER_OFFLINE": "1", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1",
            "DEVICE": "cpu", "PROGRESS": "0", "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
-    # 0.001M = 1000 queries at 64 * 5 = 320 per iteration: 3 iterations, 960 queries
+    # 0.001M = 1000 queries at 32 * 5 = 160 per iteration (smoke's DFME_BATCH=32): 6 iterations, 960 queries
     cmd = "set -euo pipefail; source configs/load.sh; disguide_attack teacher 0 --victim teacher --query_budget 0.001"
     proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -287,7 +287,7 @@ def test_disguide_smoke_run_through_load_sh_writes_one_row(tmp_path):
     row = rows[0]
     assert row["attack"] == "disguide" and row["victim"] == "teacher" and row["config"] == "smoke"
     assert int(row["queries_used"]) == 960 <= int(row["query_budget"]) == 1000
-    assert "replay_batch=64" in row["settings"].split() and "batch_size=64" in row["settings"].split()
+    assert "replay_batch=64" in row["settings"].split() and "batch_size=32" in row["settings"].split()
     saved = torch.load(tmp_path / row["attack_path"], weights_only=True)
     assert "clone2" in saved and "generator" in saved
     assert not os.path.exists(checkpoint.state_path(str(tmp_path / row["attack_path"])))  # finished: none left
