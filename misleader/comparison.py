@@ -318,8 +318,9 @@ def headline_table(rows, grid_names=None):
     lines = ["| " + " | ".join(head) + " |",
              "|---|" + "---:|" * (n_left - 1) + "---|" + "---:|" * (len(head) - n_left - 1)]
     for e in entries:
+        name = e["dfme_setting"] or "config default"
         attack = "-" if e["dfme_budget"] is None else \
-            f"{e['dfme_attack']} {e['dfme_setting'] or 'config default'}, {e['dfme_budget']:,} queries" + \
+            (name if name == e["dfme_attack"] else f"{e['dfme_attack']} {name}") + f", {e['dfme_budget']:,} queries" + \
             (f" (grid incomplete, {len(e['grid_missing'])} setting(s) to run: best on validation so far)"
              if e["grid_missing"] else "")
         cells = [e["victim"], f"{100 * e['served_acc']:.2f}", f"{100 * e['utility_cost']:.2f}"] + \

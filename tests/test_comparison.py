@@ -108,6 +108,15 @@ def test_headline_uses_each_victims_strongest_setting_and_pairs_seeds():
     assert "| misleader | **55.00 / 50.00** | 40.00 / 40.00 | a |" in grid
 
 
+def test_headline_names_a_setting_once_when_it_is_named_after_its_attack():
+    rows = [_row("teacher", attack="disguide", setting="disguide", val="0.70", clone="0.70"),
+            _row("teacher", setting="late", val="0.60", clone="0.60")]
+    lines = comparison.headline_table(rows)
+    assert any(line.startswith("| teacher | 90.00 | 0.00 | disguide, 1,000,000 queries | 70.00 (1 seed) |") for line in lines)
+    rows[0]["clone_val_acc"] = "0.50"  # late is strongest now: attack and setting differ, both named
+    assert any("| dfme late, 1,000,000 queries |" in line for line in comparison.headline_table(rows))
+
+
 def test_protection_curves_interpolate_on_common_queries():
     teacher = {0: [(0, 0.1), (100, 0.5)], 1: [(0, 0.2), (100, 0.6)]}
     victim = {0: [(0, 0.1), (50, 0.2), (100, 0.3)], 2: [(0, 0.0), (100, 0.0)]}  # seed 0 is the only pair
