@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The results report: reads results/results.csv (written by test.sh and compare.sh) and the runs' metrics.csv,
-# writes results/report.md and three plots (protection_vs_queries, clone_vs_queries, utility_vs_protection).
+# writes results/report.md (results/CONFIG/report.md with --config CONFIG) and three plots (protection_vs_queries,
+# clone_vs_queries, utility_vs_protection).
 # Runs no training.
 #   bash report.sh [--config quick]     the report, optionally for one config only
 #   bash report.sh --verify 1           re-evaluate every saved clone and victim and check the CSV

@@ -1,7 +1,7 @@
 # fashionmnist: Fashion-MNIST with the reference MNIST-like training settings and a 2M-query DFME whose
 # schedule is DFME's own for its 2M-query (SVHN) runs: learning rates cut at 50 % and 80 % of the epochs
 # instead of 10/30/50 %, which at 2M queries left the student 2 epochs at lr_S 0.1. The generator is
-# 32 wide instead of DFME's 64 (about 3x cheaper on a CPU): each 2M attack takes ~30 min on 2 cores.
+# 32 wide instead of DFME's 64 (about 3x cheaper on a CPU): each 2M attack takes ~25 min on 2 cores (DisGUIDE ~40).
 # configs/fashionmnist_design.sh keeps the reference DFME settings exactly (milestones 0.1 0.3 0.5, 64-wide generator) (same teacher and members).
 DATASET=fashionmnist
 TAG=""

@@ -1,5 +1,5 @@
 # quick: the default. Fashion-MNIST sized so that teacher.sh + train.sh + test.sh fit 10 minutes on a 2-core CPU
-# (teacher ~40 s, members ~85 s each, DFME ~75 s and Knockoff ~25 s per victim).
+# (measured from a fresh clone: teacher 38 s, members ~85 s each, DFME 53-61 s and Knockoff 15-16 s per victim).
 DATASET=fashionmnist
 TAG=quick
 SEEDS=(0)

@@ -579,7 +579,9 @@ def format_verify(rows, results):
 def parse(argv):
     p = Parser(prog="python -m misleader.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--csv", default=os.path.join("results", "results.csv"), help="results CSV to read")
-    p.add_argument("--out", default="results", help="folder for report.md and the plots")
+    p.add_argument("--out", default=None, help="folder for report.md and the plots (default: results/CONFIG with "
+                                                "--config, else results), so that two configs' reports never "
+                                                "overwrite each other")
     p.add_argument("--config", default=None, help="use only rows whose config column equals this (e.g. quick)")
     p.add_argument("--verify", type=int, default=0, choices=[0, 1],
                    help="1: instead of writing the report, rerun the test-set evaluation of every saved clone and "
@@ -629,7 +631,8 @@ def main(argv):
         if bad:
             sys.exit(1)
         return
-    for path in write_report(args.csv, args.out, args.config, args.grid or None):
+    out = args.out or (os.path.join("results", args.config) if args.config else "results")
+    for path in write_report(args.csv, out, args.config, args.grid or None):
         print(f"wrote {path}")
 
 
