@@ -195,7 +195,7 @@ if phase final; then
             if [ ${#NAMES[@]} -eq 0 ]; then
                 for seed in "${COMPARE_SEEDS[@]}"; do
                     # shellcheck disable=SC2086
-                    best_attack "$victim" "$seed" "$QUERY_BUDGET" "$ATTACK_TAG" "" ${VICTIM[$victim]} --api_defense "$defense"
+                    dfme_attack "$victim" "$seed" ${VICTIM[$victim]} --api_defense "$defense"
                 done
                 continue
             fi
