@@ -45,7 +45,10 @@ MISINFO_ARCH=lenet5       # train.sh: the adaptive-misinformation model, Defense
 API_DEFENSES=(
     "rounding:decimals=1" "rounding:decimals=2" "topk:k=1"
     "reverse_sigmoid:beta=1.0,gamma=0.1"   # IBM ART's ReverseSigmoid defaults
-    "adaptive_misinformation:tau=0.5,nu=1000,model=Defense/cache/misinfo/fashionmnist-lenet5.pt"
+    # thresholds chosen on the teacher's validation split at 1 and 2 points of utility cost:
+    # python Defense/choose_tau.py --dataset fashionmnist --victim teacher --cost 1 2
+    "adaptive_misinformation:tau=0.48,nu=1000,model=Defense/cache/misinfo/fashionmnist-lenet5.pt"
+    "adaptive_misinformation:tau=0.515,nu=1000,model=Defense/cache/misinfo/fashionmnist-lenet5.pt"
 )
 AWARE_SETTINGS=(data)    # every defended API also meets DFME with queries kept in the data range
 FINAL_DEFENSES=()        # the search's best candidates, for the paired 2M runs (set after the search)

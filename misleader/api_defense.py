@@ -171,6 +171,28 @@ def build(spec, info):
     return APIDefense(name, params, model)
 
 
+
+@torch.no_grad()
+def misinformation_thresholds(p, g, y, nu, costs, steps=1000):
+    """The adaptive-misinformation thresholds an owner would pick on a validation split: for each utility cost
+    (a fraction, 0.01 = one point), the largest tau on the grid 0, 1/steps, ..., 1 whose served top-1 accuracy
+    on (p, g, y) is at least the raw accuracy minus that cost. ``p`` are the served model's probabilities, ``g``
+    the misinformation model's, on the same images. Returns [(tau, served accuracy)] in the order of ``costs``,
+    (None, None) where no tau qualifies. A larger tau sends more queries to the misinformation model."""
+    p, g = p.double(), g.double()
+    raw = (p.argmax(1) == y).double().mean().item()
+    m = p.max(1, keepdim=True).values
+    taus = [i / steps for i in range(steps + 1)]
+    served = []
+    for tau in taus:
+        a = torch.sigmoid(nu * (tau - m))
+        served.append((((1 - a) * p + a * g).argmax(1) == y).double().mean().item())
+    out = []
+    for cost in costs:
+        ok = [i for i, acc in enumerate(served) if acc >= raw - cost - 1e-12]
+        out.append((taus[ok[-1]], served[ok[-1]]) if ok else (None, None))
+    return out
+
 @torch.no_grad()
 def served_utility(defense, probs, x, y, amp=None, batch_size=2048):
     """(top-1 accuracy of the served answers, mean L1 distance between served and unperturbed probabilities)

@@ -200,6 +200,27 @@ def test_older_results_files_get_the_raw_models_utility(tmp_path):
         ("none", "0.9000", "0"), ("topk:k=1", "0.8000", "0.100000")]
 
 
+
+def test_misinformation_thresholds_by_hand():
+    """Four correct answers with top probabilities 0.9053, 0.8053, 0.6053, 0.4053 and a misinformation model
+    that is always wrong: with a steep switch, tau just below a top probability misinforms every answer under
+    it. Cost 0: tau up to 0.405 (nothing flips); 25 %: one flip allowed, tau 0.605; 50 %: 0.805; 100 %: 1."""
+    p = torch.tensor([[0.9053, 0.0947, 0.0], [0.8053, 0.1947, 0.0], [0.6053, 0.3947, 0.0], [0.4053, 0.3, 0.2947]])
+    g = torch.tensor([[0.0, 0.0, 1.0]] * 4)
+    y = torch.zeros(4, dtype=torch.long)
+    got = api_defense.misinformation_thresholds(p, g, y, nu=1e6, costs=[0.0, 0.25, 0.5, 1.0])
+    assert [t for t, _ in got] == [0.405, 0.605, 0.805, 1.0]
+    assert [a for _, a in got] == [1.0, 0.75, 0.5, 0.0]
+    # the raw answer already wrong on the least confident image: the cost counts from the raw accuracy (3/4),
+    # and misinforming that answer costs nothing, so at cost 0 tau goes up to 0.605
+    y2 = torch.tensor([0, 0, 0, 1])
+    assert api_defense.misinformation_thresholds(p, g, y2, nu=1e6, costs=[0.0])[0] == (0.605, 0.75)
+    # a gentle switch (nu = 1) mixes: the 0.8053 answer flips once a = sigmoid(tau - 0.8053) > 0.8053 / 1.8053,
+    # i.e. tau > 0.8053 + logit(0.8053 / 1.8053) = 0.58879, so the last tau with no flip on the grid is 0.588
+    edge = 0.8053 + math.log(0.8053 / 1.8053 / (1 - 0.8053 / 1.8053))
+    assert 0.588 < edge < 0.589
+    assert api_defense.misinformation_thresholds(p[:2], g[:2], y[:2], nu=1.0, costs=[0.0])[0] == (0.588, 1.0)
+
 # ----------------------------------------------------------------------------- the stage and the entry points
 
 @pytest.fixture(scope="module")
@@ -284,3 +305,26 @@ def test_every_defense_runs_through_an_attack_and_its_row_holds_the_served_utili
     with open(md) as f:
         assert "served test acc" in f.read()
     assert all(ok for *_, ok in report.verify(results))  # victim_acc and fidelity are the raw model's
+
+
+def test_choose_tau_picks_thresholds_on_validation_and_its_spec_serves_within_the_cost(world, monkeypatch, capsys):
+    monkeypatch.chdir(world)
+    misinfo = paths.misinfo_path("synthetic", "lenet5fifth")
+    mod = _script("Defense", "choose_tau.py")
+    mod.main(["--dataset", "synthetic", "--victim", "teacher", "--teacher_model", "lenet5", "--misinfo", misinfo,
+              "--nu", "1000", "--cost", "0", "5", "20"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("cost <=")]
+    assert len(lines) == 3
+    specs = [ln.split("--api_defense ")[1] for ln in lines]
+    taus = [api_defense.parse_spec(s)[1]["tau"] for s in specs]
+    assert taus == sorted(taus) and taus[0] < taus[-1]  # a larger cost allows a larger threshold
+    d = load_dataset("synthetic")
+    teacher = checkpoint.build_classifier(checkpoint.load(paths.teacher_path("synthetic", "lenet5")))
+    x = d.normalize(d.val.x)
+    p = predict(teacher, x)
+    raw = (p.argmax(1) == d.val.y).float().mean().item()
+    for cost, spec in zip([0, 5, 20], specs):
+        served, _ = api_defense.served_utility(api_defense.build(spec, dataset_info("synthetic")), p, x, d.val.y)
+        assert served >= raw - cost / 100 - 1e-6
+    with pytest.raises(UserError, match="no such file"):
+        mod.main(["--dataset", "synthetic", "--victim", "teacher", "--misinfo", "missing.pt"])

@@ -101,6 +101,7 @@ def _one_error_line(proc):
     ("Defense/train_teacher.py", []),
     ("Defense/train_defense.py", []),
     ("Defense/ensemble.py", ["--members", "lenet5"]),
+    ("Defense/choose_tau.py", []),
     ("DFME/dfme.py", []),
 ])
 def test_bad_dataset(call, script, argv):
@@ -116,6 +117,11 @@ def test_bad_model(call, tmp_path, script, flag):
     line = _err_line(*call(script, "--dataset", "synthetic", flag, "nosuch", "--out", str(tmp_path / "x.pt"))[::2])
     assert "nosuch" in line and "lenet5" in line and "resnet34_8x" in line
     assert not os.path.exists(tmp_path / "x.pt")
+
+
+def test_choose_tau_refuses_a_negative_cost(call):
+    line = _err_line(*call("Defense/choose_tau.py", "--dataset", "synthetic", "--cost", "1", "-1")[::2])
+    assert "--cost" in line and "--help" in line
 
 
 @pytest.mark.parametrize("script", ["Defense/train_teacher.py", "Defense/train_defense.py"])

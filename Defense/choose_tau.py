@@ -1,0 +1,73 @@
+"""Choose the adaptive-misinformation threshold tau of a served model on the validation split.
+
+For each utility cost in --cost (points of top-1 accuracy), prints the largest tau (steps of 0.001) whose
+served answers on the validation split lose at most that much accuracy against the model's raw answers, and the
+--api_defense spec that serves it. The test set chooses nothing; an attack run then measures the served test
+accuracy itself (results column served_acc). Needs the misinformation model (Defense/train_misinformation.py).
+  python Defense/choose_tau.py --dataset fashionmnist --victim teacher --cost 0.5 1 2
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from misleader import api_defense, checkpoint, paths  # noqa: E402
+from misleader.cli import Parser, add_common, main_wrapper  # noqa: E402
+from misleader.data import dataset_info, load_dataset  # noqa: E402
+from misleader.errors import UserError  # noqa: E402
+from misleader.evaluate import predict  # noqa: E402
+from misleader.runtime import setup  # noqa: E402
+
+
+def parse(argv):
+    p = add_common(Parser(description=__doc__))
+    p.add_argument("--victim", default="ensemble", help="the served model: ensemble, teacher or a checkpoint path "
+                                                        "(as the attacks' --victim)")
+    p.add_argument("--ensemble_tag", default=None, help="with --victim ensemble: Defense/ensemble/<dataset>-<tag>.pt")
+    p.add_argument("--teacher_tag", default=None, help="with --victim teacher: the teacher's tag")
+    p.add_argument("--teacher_model", default=None, help="teacher architecture (default: the dataset's)")
+    p.add_argument("--misinfo", default=None, help="the misinformation model (default Defense/cache/misinfo/"
+                                                   "<dataset>-<teacher architecture>.pt)")
+    p.add_argument("--nu", type=float, default=1000.0, help="steepness of the switch, as in the spec")
+    p.add_argument("--cost", type=float, nargs="+", default=[0.5, 1.0, 2.0],
+                   help="utility costs on the validation split, in points of top-1 accuracy")
+    args = p.parse_args(argv)
+    args.channels_last = 0
+    if args.nu <= 0 or any(c < 0 or c > 100 for c in args.cost):
+        p.error("--nu must be positive and every --cost from 0 to 100")
+    info = dataset_info(args.dataset)
+    args.teacher_model = args.teacher_model or info.teacher_arch
+    args.misinfo = args.misinfo or paths.misinfo_path(args.dataset, args.teacher_model)
+    return args, info
+
+
+def main(argv):
+    args, info = parse(argv)
+    if not os.path.isfile(args.misinfo):
+        raise UserError(f"--misinfo {args.misinfo}: no such file (train it with Defense/train_misinformation.py, "
+                        f"or train.sh with MISINFO_ARCH set in the config)")
+    device, amp, _ = setup(args)
+    model, label, _ = checkpoint.load_victim(args.victim, info, args.teacher_model, args.ensemble_tag,
+                                             args.teacher_tag)
+    defense = api_defense.build(f"adaptive_misinformation:tau=0,nu={args.nu},model={args.misinfo}", info)
+    data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, device)
+    x, y = data.normalize(data.val.x), data.val.y
+    p = predict(model.to(device).eval(), x, amp=amp)
+    g = predict(defense.model.to(device).eval(), x, amp=amp)
+    raw = (p.argmax(1) == y).float().mean().item()
+    print(f"{label} on the validation split of {args.dataset} ({len(y)} images): raw top-1 {100 * raw:.2f} %; "
+          f"misinformation model {args.misinfo}, nu {args.nu:g}")
+    for cost, (tau, acc) in zip(args.cost, api_defense.misinformation_thresholds(p, g, y, args.nu,
+                                                                                [c / 100 for c in args.cost])):
+        if tau is None:
+            print(f"cost <= {cost:g} pts: no tau qualifies")
+            continue
+        share = (p.max(1).values < tau).float().mean().item()
+        print(f"cost <= {cost:g} pts: tau {tau:g}, served top-1 {100 * acc:.2f} %, {100 * share:.1f} % of the "
+              f"answers mostly misinformation | --api_defense "
+              f"{api_defense.canonical(f'adaptive_misinformation:tau={tau},nu={args.nu},model={args.misinfo}')}")
+
+
+if __name__ == "__main__":
+    main_wrapper(main)
