@@ -54,9 +54,24 @@ grid_entry() {  # the DFME_GRID entry of a setting name
     for e in "${DFME_GRID[@]}"; do read -r n _ <<< "$e"; if [ "$n" = "$1" ]; then echo "$e"; return 0; fi; done
     return 0
 }
-for name in "${AWARE_SETTINGS[@]}"; do
+DEFENSE_NAMES=()
+for d in "${API_DEFENSES[@]}"; do DEFENSE_NAMES+=("${d%%:*}"); done
+for entry in "${AWARE_SETTINGS[@]}"; do  # "setting [defense name...]": no name = every defense
+    read -r name only <<< "$entry"
     [ -n "$(grid_entry "$name")" ] || { echo "error: AWARE_SETTINGS: '$name' is not a DFME_GRID setting (${NAMES[*]})" >&2; exit 2; }
+    for n in $only; do
+        [[ " ${DEFENSE_NAMES[*]} " == *" $n "* ]] || { echo "error: AWARE_SETTINGS: '$entry': '$n' names no defense of API_DEFENSES (${DEFENSE_NAMES[*]})" >&2; exit 2; }
+    done
 done
+aware_for() {  # spec: the AWARE_SETTINGS settings that apply to this defense
+    local entry name only n
+    for entry in "${AWARE_SETTINGS[@]}"; do
+        read -r name only <<< "$entry"
+        if [ -z "$only" ]; then echo "$name"; continue; fi
+        for n in $only; do if [ "$n" = "${1%%:*}" ]; then echo "$name"; fi; done
+    done
+    return 0
+}
 for d in "${FINAL_DEFENSES[@]}"; do
     found=0
     for a in "${API_DEFENSES[@]}"; do [ "$a" = "$d" ] && found=1; done
@@ -185,9 +200,9 @@ if phase final; then
             best_attack "$victim" "$seed" "$QUERY_BUDGET" "$ATTACK_TAG" "${BEST[$victim]}" ${VICTIM[$victim]}
         done
     done
-    # API defenses on the teacher and MISLEADER. With a grid: the bare model's strongest setting (and
-    # AWARE_SETTINGS) at GRID_BUDGET, seed GRID_SEED (the search), FINAL_DEFENSES also at QUERY_BUDGET on the
-    # paired seeds. Without a grid: the config's DFME settings at QUERY_BUDGET on the paired seeds.
+    # API defenses on the teacher and MISLEADER. With a grid: the bare model's strongest setting (and the
+    # AWARE_SETTINGS that apply to the defense) at GRID_BUDGET, seed GRID_SEED (the search), FINAL_DEFENSES also
+    # at QUERY_BUDGET on the paired seeds. Without a grid: the config's DFME settings at QUERY_BUDGET on the paired seeds.
     for defense in "${API_DEFENSES[@]}"; do
         final=0
         for d in "${FINAL_DEFENSES[@]}"; do [ "$d" = "$defense" ] && final=1; done
@@ -200,16 +215,18 @@ if phase final; then
                 continue
             fi
             [ -z "${BEST[$victim]:-}" ] && continue  # waits for the bare model's grid
-            for name in $(printf '%s\n' "${BEST[$victim]}" "${AWARE_SETTINGS[@]}" | awk '!seen[$0]++'); do
+            # shellcheck disable=SC2046
+            searched=$(printf '%s\n' "${BEST[$victim]}" $(aware_for "$defense") | awk '!seen[$0]++')
+            for name in $searched; do
                 # shellcheck disable=SC2086
                 best_attack "$victim" "$GRID_SEED" "$GRID_BUDGET" "$GRID_TAG" "$name" ${VICTIM[$victim]} --api_defense "$defense"
             done
             [ "$final" = 1 ] || continue
             # the defended victim's own strongest of the settings searched on it, on validation accuracy
-            # shellcheck disable=SC2046
+            # shellcheck disable=SC2086
             dbest=$(python -m misleader.report --csv "$RESULTS" --config "$CONFIG" --strongest "$victim" \
                     --api_defense "$defense" --grid_budget "$GRID_BUDGET" --grid_seed "$GRID_SEED" \
-                    --grid $(printf '%s\n' "${BEST[$victim]}" "${AWARE_SETTINGS[@]}" | awk '!seen[$0]++'))
+                    --grid $searched)
             if [ -z "$dbest" ]; then
                 say "$victim + $defense: no final runs yet, its search is not complete"
                 continue

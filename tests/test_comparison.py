@@ -158,3 +158,40 @@ def test_the_full_grid_list_shows_settings_not_run_yet():
     t, m = comparison.headline(rows, ["a", "b"])
     assert t["grid_missing"] == ["b"] and m["grid_missing"] == ["b"]
     assert "| teacher | 50.00 / 50.00 | - | grid incomplete: b |" in comparison.grid_table(rows, ["a", "b"])
+
+
+def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
+    """compare.sh --list final with both grids complete: every defense meets its bare model's strongest setting
+    (a: best on validation), and the aware setting b only where AWARE_SETTINGS names the defense."""
+    import os
+    import shutil
+    import subprocess
+    from tests.test_report import _write_csv
+    from misleader.results import COLUMNS
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copy(os.path.join(repo, "compare.sh"), tmp_path)
+    shutil.copytree(os.path.join(repo, "configs"), tmp_path / "configs")
+    with open(tmp_path / "configs/aware.sh", "w") as f:
+        f.write('source configs/smoke.sh\nCONFIG=c\nGRID_BUDGET=1\nDFME_GRID=("a dfme --steps 0.5" "b dfme --steps 0.3")\n'
+                'API_DEFENSES=("rounding:decimals=1" "topk:k=1")\nAWARE_SETTINGS=("b rounding")\n')
+    os.makedirs(tmp_path / "results")
+    _write_csv(tmp_path / "results/results.csv",
+               [_row(v, setting=s, val=val, dataset="synthetic") for v in ("teacher", "misleader")
+                for s, val in (("a", "0.7"), ("b", "0.6"))], COLUMNS)
+    env = {**os.environ, "CONFIG": "aware", "PYTHONPATH": repo}
+    proc = subprocess.run(["bash", "compare.sh", "--list", "final"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    runs = [ln for ln in proc.stdout.splitlines() if "--api_defense" in ln]
+
+    def searched(victim, spec):
+        return [ln.split("--setting ")[1].split()[0] for ln in runs
+                if f"--label {victim} " in ln and f"--api_defense {spec} " in ln]
+    for victim in ("teacher", "misleader"):
+        assert searched(victim, "rounding:decimals=1") == ["a", "b"]
+        assert searched(victim, "topk:k=1") == ["a"]
+    with open(tmp_path / "configs/aware.sh", "a") as f:
+        f.write('AWARE_SETTINGS=("b reverse_sigmoid")\n')
+    bad = subprocess.run(["bash", "compare.sh", "--list", "final"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "'reverse_sigmoid' names no defense" in bad.stderr and bad.stdout == ""
