@@ -59,16 +59,21 @@ for d in "${API_DEFENSES[@]}"; do DEFENSE_NAMES+=("${d%%:*}"); done
 for entry in "${AWARE_SETTINGS[@]}"; do  # "setting [defense name...]": no name = every defense
     read -r name only <<< "$entry"
     [ -n "$(grid_entry "$name")" ] || { echo "error: AWARE_SETTINGS: '$name' is not a DFME_GRID setting (${NAMES[*]})" >&2; exit 2; }
-    for n in $only; do
-        [[ " ${DEFENSE_NAMES[*]} " == *" $n "* ]] || { echo "error: AWARE_SETTINGS: '$entry': '$n' names no defense of API_DEFENSES (${DEFENSE_NAMES[*]})" >&2; exit 2; }
+    read -ra only <<< "$only"
+    for n in "${only[@]}"; do
+        found=0
+        for d in "${DEFENSE_NAMES[@]}"; do [ "$d" = "$n" ] && found=1; done
+        [ "$found" = 1 ] || { echo "error: AWARE_SETTINGS: '$entry': '$n' names no defense of API_DEFENSES (${DEFENSE_NAMES[*]})" >&2; exit 2; }
     done
 done
 aware_for() {  # spec: the AWARE_SETTINGS settings that apply to this defense
-    local entry name only n
+    local entry name rest n
+    local -a only
     for entry in "${AWARE_SETTINGS[@]}"; do
-        read -r name only <<< "$entry"
-        if [ -z "$only" ]; then echo "$name"; continue; fi
-        for n in $only; do if [ "$n" = "${1%%:*}" ]; then echo "$name"; fi; done
+        read -r name rest <<< "$entry"
+        read -ra only <<< "$rest"
+        if [ ${#only[@]} -eq 0 ]; then echo "$name"; continue; fi
+        for n in "${only[@]}"; do if [ "$n" = "${1%%:*}" ]; then echo "$name"; fi; done
     done
     return 0
 }

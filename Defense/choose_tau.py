@@ -7,6 +7,7 @@ accuracy itself (results column served_acc). Needs the misinformation model (Def
   python Defense/choose_tau.py --dataset fashionmnist --victim teacher --cost 0.5 1 2
 """
 
+import math
 import os
 import sys
 
@@ -34,8 +35,8 @@ def parse(argv):
                    help="utility costs on the validation split, in points of top-1 accuracy")
     args = p.parse_args(argv)
     args.channels_last = 0
-    if args.nu <= 0 or any(c < 0 or c > 100 for c in args.cost):
-        p.error("--nu must be positive and every --cost from 0 to 100")
+    if not (math.isfinite(args.nu) and args.nu > 0) or not all(0 <= c <= 100 for c in args.cost):
+        p.error("--nu must be a positive number and every --cost from 0 to 100")
     info = dataset_info(args.dataset)
     args.teacher_model = args.teacher_model or info.teacher_arch
     args.misinfo = args.misinfo or paths.misinfo_path(args.dataset, args.teacher_model)
@@ -53,6 +54,8 @@ def main(argv):
     defense = api_defense.build(f"adaptive_misinformation:tau=0,nu={args.nu},model={args.misinfo}", info)
     data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, device)
     x, y = data.normalize(data.val.x), data.val.y
+    if len(y) == 0:
+        raise UserError("the validation split is empty (--val_size 0): tau is chosen on it")
     p = predict(model.to(device).eval(), x, amp=amp)
     g = predict(defense.model.to(device).eval(), x, amp=amp)
     raw = (p.argmax(1) == y).float().mean().item()

@@ -27,7 +27,8 @@ API_DEFENSES=()        # output defenses served on top of the teacher and MISLEA
 FINAL_DEFENSES=()      # of API_DEFENSES, the candidates also attacked at QUERY_BUDGET on the paired COMPARE_SEEDS
 AWARE_SETTINGS=()      # "setting [defense name...]": a grid setting the defended victims also meet, for attackers that
                        # know the defense; with names, only those defenses' (e.g. "data adaptive_misinformation":
-                       # queries kept in the data range against adaptive misinformation); without, every defense
+                       # queries kept in the data range against adaptive misinformation; a name must be a defense of
+                       # API_DEFENSES); without, every defense
 MISLEADER_VARIANTS=()  # "name flags...": the config's members retrained with other MISLEADER knobs (e.g. "lam1 --lambda_ 1",
                        # "aiter3 --a_iter 3") into ensemble <tag>-name, label misleader-name; searched like API_DEFENSES
 COMPARE_EXTRAS=0       # 1: also DFME on each member alone and on MISLEADER with --probs_as_logits (first seed)

@@ -4,4 +4,5 @@ source configs/fashionmnist_design.sh
 DATASET=mnist
 # what configs/fashionmnist.sh names by dataset
 COMPARE_POOLS=(mnist synthetic)
+# the adaptive-misinformation thresholds were chosen on Fashion-MNIST: choose MNIST's with Defense/choose_tau.py
 API_DEFENSES=("${API_DEFENSES[@]/fashionmnist-lenet5.pt/mnist-lenet5.pt}")

@@ -49,8 +49,13 @@ def reverse_sigmoid(p, x, beta, gamma):
 
 
 def adaptive_misinformation(p, x, tau, nu, model):
+    return misinform(p, F.softmax(model(x).float(), 1), tau, nu)
+
+
+def misinform(p, g, tau, nu):
+    """The adaptive-misinformation answer from the served probabilities p and the misinformation model's g."""
     a = torch.sigmoid(nu * (tau - p.max(1, keepdim=True).values))
-    return (1 - a) * p + a * F.softmax(model(x).float(), 1)
+    return (1 - a) * p + a * g
 
 
 # name -> (function, {key: (type, check, what a valid value is)}); keys in the order of the canonical spec
@@ -171,27 +176,30 @@ def build(spec, info):
     return APIDefense(name, params, model)
 
 
-
 @torch.no_grad()
 def misinformation_thresholds(p, g, y, nu, costs, steps=1000):
     """The adaptive-misinformation thresholds an owner would pick on a validation split: for each utility cost
-    (a fraction, 0.01 = one point), the largest tau on the grid 0, 1/steps, ..., 1 whose served top-1 accuracy
-    on (p, g, y) is at least the raw accuracy minus that cost. ``p`` are the served model's probabilities, ``g``
-    the misinformation model's, on the same images. Returns [(tau, served accuracy)] in the order of ``costs``,
-    (None, None) where no tau qualifies. A larger tau sends more queries to the misinformation model."""
-    p, g = p.double(), g.double()
-    raw = (p.argmax(1) == y).double().mean().item()
-    m = p.max(1, keepdim=True).values
-    taus = [i / steps for i in range(steps + 1)]
-    served = []
-    for tau in taus:
-        a = torch.sigmoid(nu * (tau - m))
-        served.append((((1 - a) * p + a * g).argmax(1) == y).double().mean().item())
+    (a fraction, 0.01 = one point), tau raised from 0 in steps of 1/steps for as long as the served top-1
+    accuracy on (p, g, y) stays at least the raw accuracy minus that cost; the last such tau. ``p`` are the served
+    model's probabilities, ``g`` the misinformation model's, on the same images, computed as the API serves them
+    (float32). Returns [(tau, served accuracy)] in the order of ``costs``, (None, None) where even tau = 0 costs
+    more. A larger tau sends more queries to the misinformation model; the accuracy need not fall monotonically
+    with tau (g can put a raw mistake right), so the scan stops at the first tau over the cost rather than
+    taking the largest that passes."""
+    p, g = p.float(), g.float()
+    raw = (p.argmax(1) == y).float().mean().item()
     out = []
     for cost in costs:
-        ok = [i for i, acc in enumerate(served) if acc >= raw - cost - 1e-12]
-        out.append((taus[ok[-1]], served[ok[-1]]) if ok else (None, None))
+        best = (None, None)
+        for i in range(steps + 1):
+            tau = i / steps
+            acc = (misinform(p, g, tau, nu).argmax(1) == y).float().mean().item()
+            if acc < raw - cost - 1e-9:
+                break
+            best = (tau, acc)
+        out.append(best)
     return out
+
 
 @torch.no_grad()
 def served_utility(defense, probs, x, y, amp=None, batch_size=2048):

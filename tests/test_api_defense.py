@@ -220,6 +220,18 @@ def test_misinformation_thresholds_by_hand():
     edge = 0.8053 + math.log(0.8053 / 1.8053 / (1 - 0.8053 / 1.8053))
     assert 0.588 < edge < 0.589
     assert api_defense.misinformation_thresholds(p[:2], g[:2], y[:2], nu=1.0, costs=[0.0])[0] == (0.588, 1.0)
+    # and even at tau = 0 it moves sigmoid(-0.55) = 0.37 of this answer to g: nothing qualifies at cost 0
+    assert api_defense.misinformation_thresholds(torch.tensor([[0.55, 0.45, 0.0]]), g[:1], y[:1], nu=1.0,
+                                                 costs=[0.0, 1.0]) == [(None, None), (1.0, 0.0)]
+
+
+def test_misinformation_thresholds_stop_at_the_first_tau_over_the_cost():
+    """The served accuracy need not fall monotonically: here tau above 0.4053 breaks a right answer, and above
+    0.6053 g puts a wrong one right, back to the raw accuracy. The owner raising tau stops at 0.405, not 0.905."""
+    p = torch.tensor([[0.9053, 0.0947, 0.0], [0.0, 0.6053, 0.3947], [0.4053, 0.3, 0.2947]])
+    g = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    y = torch.zeros(3, dtype=torch.long)  # raw: right, wrong, right
+    assert api_defense.misinformation_thresholds(p, g, y, nu=1e6, costs=[0.0]) == [(0.405, pytest.approx(2 / 3))]
 
 # ----------------------------------------------------------------------------- the stage and the entry points
 
@@ -317,14 +329,17 @@ def test_choose_tau_picks_thresholds_on_validation_and_its_spec_serves_within_th
     assert len(lines) == 3
     specs = [ln.split("--api_defense ")[1] for ln in lines]
     taus = [api_defense.parse_spec(s)[1]["tau"] for s in specs]
-    assert taus == sorted(taus) and taus[0] < taus[-1]  # a larger cost allows a larger threshold
+    assert taus[0] < taus[-1]  # a larger cost allows a larger threshold
     d = load_dataset("synthetic")
     teacher = checkpoint.build_classifier(checkpoint.load(paths.teacher_path("synthetic", "lenet5")))
     x = d.normalize(d.val.x)
     p = predict(teacher, x)
     raw = (p.argmax(1) == d.val.y).float().mean().item()
-    for cost, spec in zip([0, 5, 20], specs):
+    for cost, spec, tau in zip([0, 5, 20], specs, taus):  # served as the API serves it: within the cost ...
         served, _ = api_defense.served_utility(api_defense.build(spec, dataset_info("synthetic")), p, x, d.val.y)
         assert served >= raw - cost / 100 - 1e-6
+        if tau < 1:  # ... and the next step of tau costs more (the scan stopped there)
+            nxt = api_defense.build(spec.replace(f"tau={tau:g},", f"tau={tau + 0.001:.3f},"), dataset_info("synthetic"))
+            assert api_defense.served_utility(nxt, p, x, d.val.y)[0] < raw - cost / 100
     with pytest.raises(UserError, match="no such file"):
         mod.main(["--dataset", "synthetic", "--victim", "teacher", "--misinfo", "missing.pt"])
