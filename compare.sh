@@ -49,16 +49,24 @@ done
 GRID_TAG="${ATTACK_TAG:+$ATTACK_TAG-}grid"
 NAMES=()
 for entry in "${DFME_GRID[@]}"; do read -r name _ <<< "$entry"; NAMES+=("$name"); done
-grid_entry() {  # the DFME_GRID entry of a setting name
+for entry in "${AWARE_GRID[@]}"; do
+    read -r name _ <<< "$entry"
+    for n in "${NAMES[@]}"; do
+        [ "$n" = "$name" ] && { echo "error: AWARE_GRID: '$name' is already a DFME_GRID setting" >&2; exit 2; }
+    done
+done
+grid_entry() {  # the DFME_GRID (or AWARE_GRID) entry of a setting name
     local e n
-    for e in "${DFME_GRID[@]}"; do read -r n _ <<< "$e"; if [ "$n" = "$1" ]; then echo "$e"; return 0; fi; done
+    for e in "${DFME_GRID[@]}" "${AWARE_GRID[@]}"; do
+        read -r n _ <<< "$e"; if [ "$n" = "$1" ]; then echo "$e"; return 0; fi
+    done
     return 0
 }
 DEFENSE_NAMES=()
 for d in "${API_DEFENSES[@]}"; do DEFENSE_NAMES+=("${d%%:*}"); done
 for entry in "${AWARE_SETTINGS[@]}"; do  # "setting [defense name...]": no name = every defense
     read -r name only <<< "$entry"
-    [ -n "$(grid_entry "$name")" ] || { echo "error: AWARE_SETTINGS: '$name' is not a DFME_GRID setting (${NAMES[*]})" >&2; exit 2; }
+    [ -n "$(grid_entry "$name")" ] || { echo "error: AWARE_SETTINGS: '$name' is not a DFME_GRID or AWARE_GRID setting (${NAMES[*]} ${AWARE_GRID[*]%% *})" >&2; exit 2; }
     read -ra only <<< "$only"
     for n in "${only[@]}"; do
         found=0

@@ -162,7 +162,8 @@ def test_the_full_grid_list_shows_settings_not_run_yet():
 
 def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
     """compare.sh --list final with both grids complete: every defense meets its bare model's strongest setting
-    (a: best on validation), and the aware setting b only where AWARE_SETTINGS names the defense."""
+    (a: best on validation), and an aware setting (b from the grid, c from AWARE_GRID) only where AWARE_SETTINGS
+    names the defense."""
     import os
     import shutil
     import subprocess
@@ -173,7 +174,8 @@ def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
     shutil.copytree(os.path.join(repo, "configs"), tmp_path / "configs")
     with open(tmp_path / "configs/aware.sh", "w") as f:
         f.write('source configs/smoke.sh\nCONFIG=c\nGRID_BUDGET=1\nDFME_GRID=("a dfme --steps 0.5" "b dfme --steps 0.3")\n'
-                'API_DEFENSES=("rounding:decimals=1" "topk:k=1")\nAWARE_SETTINGS=("b rounding")\n')
+                'API_DEFENSES=("rounding:decimals=1" "topk:k=1")\nAWARE_GRID=("c disguide --loss kl")\n'
+                'AWARE_SETTINGS=("b rounding" "c topk")\n')
     os.makedirs(tmp_path / "results")
     _write_csv(tmp_path / "results/results.csv",
                [_row(v, setting=s, val=val, dataset="synthetic") for v in ("teacher", "misleader")
@@ -189,9 +191,19 @@ def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
                 if f"--label {victim} " in ln and f"--api_defense {spec} " in ln]
     for victim in ("teacher", "misleader"):
         assert searched(victim, "rounding:decimals=1") == ["a", "b"]
-        assert searched(victim, "topk:k=1") == ["a"]
+        assert searched(victim, "topk:k=1") == ["a", "c"]  # c: a setting only defended victims meet
+    c_run = next(ln for ln in runs if "--setting c " in ln)
+    assert "DFME/disguide.py" in c_run and c_run.endswith("--loss kl")
+    grid = subprocess.run(["bash", "compare.sh", "--list", "grid"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert grid.returncode == 0 and "--setting a " in grid.stdout and "--setting c" not in grid.stdout
     with open(tmp_path / "configs/aware.sh", "a") as f:
         f.write('AWARE_SETTINGS=("b reverse_sigmoid")\n')
     bad = subprocess.run(["bash", "compare.sh", "--list", "final"], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "'reverse_sigmoid' names no defense" in bad.stderr and bad.stdout == ""
+    with open(tmp_path / "configs/aware.sh", "a") as f:
+        f.write('AWARE_SETTINGS=()\nAWARE_GRID=("a dfme --steps 0.1")\n')
+    bad = subprocess.run(["bash", "compare.sh", "--list", "final"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "AWARE_GRID: 'a' is already a DFME_GRID setting" in bad.stderr
