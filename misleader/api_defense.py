@@ -188,16 +188,15 @@ def misinformation_thresholds(p, g, y, nu, costs, steps=1000):
     taking the largest that passes."""
     p, g = p.float(), g.float()
     raw = (p.argmax(1) == y).float().mean().item()
+    served = []  # accuracy along the grid, once for every cost, up to the first tau over the largest cost
+    for i in range(steps + 1):
+        served.append((misinform(p, g, i / steps, nu).argmax(1) == y).float().mean().item())
+        if served[-1] < raw - max(costs) - 1e-9:
+            break
     out = []
     for cost in costs:
-        best = (None, None)
-        for i in range(steps + 1):
-            tau = i / steps
-            acc = (misinform(p, g, tau, nu).argmax(1) == y).float().mean().item()
-            if acc < raw - cost - 1e-9:
-                break
-            best = (tau, acc)
-        out.append(best)
+        n = next((i for i, acc in enumerate(served) if acc < raw - cost - 1e-9), len(served))
+        out.append(((n - 1) / steps, served[n - 1]) if n else (None, None))
     return out
 
 
