@@ -49,11 +49,14 @@ done
 GRID_TAG="${ATTACK_TAG:+$ATTACK_TAG-}grid"
 NAMES=()
 for entry in "${DFME_GRID[@]}"; do read -r name _ <<< "$entry"; NAMES+=("$name"); done
+in_list() {  # word list...: is the word one of the list's
+    local w
+    for w in "${@:2}"; do [ "$w" = "$1" ] && return 0; done
+    return 1
+}
 for entry in "${AWARE_GRID[@]}"; do
     read -r name _ <<< "$entry"
-    for n in "${NAMES[@]}"; do
-        [ "$n" = "$name" ] && { echo "error: AWARE_GRID: '$name' is already a DFME_GRID setting" >&2; exit 2; }
-    done
+    ! in_list "$name" "${NAMES[@]}" || { echo "error: AWARE_GRID: '$name' is already a DFME_GRID setting" >&2; exit 2; }
 done
 grid_entry() {  # the DFME_GRID (or AWARE_GRID) entry of a setting name
     local e n
@@ -69,9 +72,7 @@ for entry in "${AWARE_SETTINGS[@]}"; do  # "setting [defense name...]": no name 
     [ -n "$(grid_entry "$name")" ] || { echo "error: AWARE_SETTINGS: '$name' is not a DFME_GRID or AWARE_GRID setting (${NAMES[*]} ${AWARE_GRID[*]%% *})" >&2; exit 2; }
     read -ra only <<< "$only"
     for n in "${only[@]}"; do
-        found=0
-        for d in "${DEFENSE_NAMES[@]}"; do [ "$d" = "$n" ] && found=1; done
-        [ "$found" = 1 ] || { echo "error: AWARE_SETTINGS: '$entry': '$n' names no defense of API_DEFENSES (${DEFENSE_NAMES[*]})" >&2; exit 2; }
+        in_list "$n" "${DEFENSE_NAMES[@]}" || { echo "error: AWARE_SETTINGS: '$entry': '$n' names no defense of API_DEFENSES (${DEFENSE_NAMES[*]})" >&2; exit 2; }
     done
 done
 aware_for() {  # spec: the AWARE_SETTINGS settings that apply to this defense
@@ -86,9 +87,7 @@ aware_for() {  # spec: the AWARE_SETTINGS settings that apply to this defense
     return 0
 }
 for d in "${FINAL_DEFENSES[@]}"; do
-    found=0
-    for a in "${API_DEFENSES[@]}"; do [ "$a" = "$d" ] && found=1; done
-    [ "$found" = 1 ] || { echo "error: FINAL_DEFENSES: '$d' is not one of API_DEFENSES" >&2; exit 2; }
+    in_list "$d" "${API_DEFENSES[@]}" || { echo "error: FINAL_DEFENSES: '$d' is not one of API_DEFENSES" >&2; exit 2; }
 done
 
 # phase 1 in two steps: the members (independent runs), then the ensembles that read them
@@ -215,10 +214,11 @@ if phase final; then
     done
     # API defenses on the teacher and MISLEADER. With a grid: the bare model's strongest setting (and the
     # AWARE_SETTINGS that apply to the defense) at GRID_BUDGET, seed GRID_SEED (the search), FINAL_DEFENSES also
-    # at QUERY_BUDGET on the paired seeds. Without a grid: the config's DFME settings at QUERY_BUDGET on the paired seeds.
+    # at QUERY_BUDGET on the paired seeds. Without a grid: the config's DFME settings at QUERY_BUDGET on the
+    # paired seeds.
     for defense in "${API_DEFENSES[@]}"; do
         final=0
-        for d in "${FINAL_DEFENSES[@]}"; do [ "$d" = "$defense" ] && final=1; done
+        if in_list "$defense" "${FINAL_DEFENSES[@]}"; then final=1; fi
         for victim in teacher misleader; do
             if [ ${#NAMES[@]} -eq 0 ]; then
                 for seed in "${COMPARE_SEEDS[@]}"; do

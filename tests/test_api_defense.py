@@ -200,7 +200,6 @@ def test_older_results_files_get_the_raw_models_utility(tmp_path):
         ("none", "0.9000", "0"), ("topk:k=1", "0.8000", "0.100000")]
 
 
-
 def test_misinformation_thresholds_by_hand():
     """Four correct answers with top probabilities 0.9053, 0.8053, 0.6053, 0.4053 and a misinformation model
     that is always wrong: with a steep switch, tau just below a top probability misinforms every answer under
@@ -232,6 +231,7 @@ def test_misinformation_thresholds_stop_at_the_first_tau_over_the_cost():
     g = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     y = torch.zeros(3, dtype=torch.long)  # raw: right, wrong, right
     assert api_defense.misinformation_thresholds(p, g, y, nu=1e6, costs=[0.0]) == [(0.405, pytest.approx(2 / 3))]
+
 
 # ----------------------------------------------------------------------------- the stage and the entry points
 
