@@ -222,6 +222,29 @@ def _attack_columns(rows):
     return cols
 
 
+def _mean_val(rows, idx):
+    """Mean validation accuracy of the clones of rows ``idx`` (None when none of them has one)."""
+    xs = [float(rows[i]["clone_val_acc"]) for i in idx if rows[i].get("clone_val_acc")]
+    xs = [x for x in xs if not math.isnan(x)]
+    return mean(xs) if xs else None
+
+
+def strongest_overall(rows, entry):
+    """(title, [row indices]) of the attack, among the entry's data-free final and its Knockoff columns, whose
+    clones have the highest mean accuracy on the validation split (the test set chooses nothing; a tie goes to the
+    earlier column); (None, []) when no column has a validation accuracy."""
+    cands = []
+    if entry["dfme_rows"]:
+        cands.append((f"data-free {entry['dfme_setting'] or entry['dfme_attack']}", entry["dfme_rows"]))
+    cands += [(title, k["rows"]) for title, k in entry["knockoff"].items() if k["rows"]]
+    scored = [(v, -n, title, idx) for n, (title, idx) in enumerate(cands)
+              if (v := _mean_val(rows, idx)) is not None]
+    if not scored:
+        return None, []
+    _, _, title, idx = max(scored)
+    return title, idx
+
+
 def headline(rows, grid_names=None):
     """The answer, one dict per victim (the bare teacher first; a victim is a label with the API defense it
     serves): utility cost, the final data-free attack and each Knockoff column with clone accuracies and
@@ -255,8 +278,14 @@ def headline(rows, grid_names=None):
             kb, kidx = knockoff_runs(rows, key, pool, output)
             k = _by_seed(rows, kidx)
             tb, tidx = knockoff_runs(rows, teacher, pool, output, kb) if kb is not None else (None, [])
-            entry["knockoff"][title] = {"budget": kb, "clone": k, "protection": None if key == teacher or tb is None
-                                        else paired(_by_seed(rows, tidx), k)}
+            entry["knockoff"][title] = {"budget": kb, "clone": k, "rows": kidx, "protection": None
+                                        if key == teacher or tb is None else paired(_by_seed(rows, tidx), k)}
+        # the verdict: this victim's strongest attack of all against the bare teacher's strongest of all
+        title, idx = strongest_overall(rows, entry)
+        o = {"attack": title, "clone": _by_seed(rows, idx), "protection": None}
+        if out and idx and out[0]["overall"]["attack"]:
+            o["protection"] = paired(out[0]["overall"]["clone"], o["clone"])
+        entry["overall"] = o
         out.append(entry)
     return out
 
@@ -314,9 +343,9 @@ def headline_table(rows, grid_names=None):
         ["data-free attack (strongest setting)", "clone (%)", "protection (pts)"]
     for c in columns:
         head += [f"{c} clone (%)", f"{c} protection (pts)"]
-    n_left = 4 if served else 3
-    lines = ["| " + " | ".join(head) + " |",
-             "|---|" + "---:|" * (n_left - 1) + "---|" + "---:|" * (len(head) - n_left - 1)]
+    head += ["strongest of all (on validation)", "clone (%)", "protection (pts)"]
+    text = {"victim", "data-free attack (strongest setting)", "strongest of all (on validation)"}
+    lines = ["| " + " | ".join(head) + " |", "|" + "".join("---|" if h in text else "---:|" for h in head)]
     for e in entries:
         name = e["dfme_setting"] or "config default"
         attack = "-" if e["dfme_budget"] is None else \
@@ -330,10 +359,15 @@ def headline_table(rows, grid_names=None):
             k = e["knockoff"][c]
             cells += [_clone_text(k["clone"]) + (f", {k['budget']:,} q" if k["budget"] else ""),
                       protection_text(k["protection"])]
+        o = e["overall"]
+        cells += [o["attack"] or "-", _clone_text(o["clone"]), protection_text(o["protection"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Clone accuracy: mean ± sample std (seeds). Protection: the bare teacher's clone minus this victim's "
                   "clone under the same attack, budget and seed; mean ± std [95 % Student-t interval] (paired seeds). "
                   "Positive = harder to clone than the bare teacher. Utility cost: the teacher's test accuracy minus "
                   "that of the answers this victim's API serves. A victim with an API defense (\"+ name\") is "
-                  "attacked with its bare model's strongest data-free setting."]
+                  "attacked with its bare model's strongest data-free setting and any attacker aware of the defense, "
+                  "whichever is stronger on validation. Strongest of all: of the victim's attacks above, the one whose "
+                  "clones score highest on the validation split, against the bare teacher's strongest of all (paired "
+                  "seeds); its protection is the one the target of 20 points at 2 points of utility cost is about."]
     return lines

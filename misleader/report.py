@@ -3,7 +3,7 @@
 ``write_report`` writes ``report.md``: for one config, the headline (each victim against its strongest attacker,
 paired protection; misleader/comparison.py) and the data-free grid; then every experiment (rows grouped by
 victim and attack settings, averaged over seeds). Plots: ``protection_vs_queries.png``, ``clone_vs_queries.png``
-(from each run's metrics.csv) and ``utility_vs_protection.png``. ``verify`` reloads every saved clone and victim from its
+(from each run's metrics.csv) and ``utility_vs_protection.png`` (against the data-free attack and the strongest of all). ``verify`` reloads every saved clone and victim from its
 checkpoint, reruns the test-set evaluation of DFME/dfme.py and compares it with the CSV. Nothing is trained.
 
     python -m misleader.report [--config quick] [--out results]
@@ -335,36 +335,58 @@ def pareto_front(points):
     return sorted(front, key=lambda i: points[i][0])
 
 
-def plot_defense_tradeoff(entries, path, title):
-    """One point per victim of the comparison: x = protection against its final data-free attack (mean over
-    paired seeds, the bare teacher at 0), y = test accuracy of the served answers; one colour and one Pareto
-    front (dashed) per attack budget."""
-    by_budget = {}  # protections at different budgets (a 1M search, 2M paired runs) are not one front
-    for e in entries:
-        p = e["dfme_protection"]
-        if p is not None:
-            by_budget.setdefault(e["dfme_budget"], []).append((100 * p["mean"], 100 * e["served_acc"], e["victim"]))
+TARGET = (20.0, 2.0)  # the search's target: protection (points) at no more than this utility cost (points)
+
+
+def _tradeoff_panel(ax, entries, which, xlabel):
+    """One panel of the trade-off plot: x = protection (mean over paired seeds; the bare teacher at 0) against the
+    attack ``which`` ("dfme_protection" or "overall"), y = served test accuracy; per budget of the data-free runs
+    one colour and one dashed Pareto front (a 1M search and 2M paired runs are not one front)."""
     teacher = entries[0]
-    fig, ax = _figure()
-    for budget in sorted(by_budget):
-        pts = [(0.0, 100 * teacher["served_acc"], "teacher")] + by_budget[budget]
-        marker = ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], "o",
-                         label=f"{budget / 1e6:g}M queries")[0]
+    by_budget = {}
+    for e in entries[1:]:
+        p = e["dfme_protection"] if which == "dfme_protection" else e["overall"]["protection"]
+        if p is not None:
+            group = e["dfme_budget"] if which == "dfme_protection" else None
+            by_budget.setdefault(group, []).append((100 * p["mean"], 100 * e["served_acc"], e["victim"]))
+    t_acc = 100 * teacher["served_acc"]
+    for budget in sorted(by_budget, key=lambda b: b or 0):
+        pts = [(0.0, t_acc, "teacher")] + by_budget[budget]
+        label = f"{budget / 1e6:g}M queries" if budget else "strongest attack, each victim's own"
+        marker = ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], "o", label=label)[0]
         for k, (x, y, name) in enumerate(pts[1:]):
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6 if k % 2 == 0 else -12),
-                        fontsize="small")
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, (6, -12, 16)[k % 3]),
+                        fontsize="x-small")
         front = pareto_front([(x, y) for x, y, _ in pts])
         if len(front) > 1:
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", linewidth=1,
                     color=marker.get_color())
-    if by_budget:
-        ax.legend(loc="best", fontsize="small", title="dashed: Pareto front")
+    xs = [x for pts in by_budget.values() for x, _, _ in pts] + [0.0]
+    # the target: at least TARGET[0] points of protection at no more than TARGET[1] points of utility cost
+    ys = [y for pts in by_budget.values() for _, y, _ in pts] + [t_acc]
+    ax.fill_between([TARGET[0], max(TARGET[0] + 5, max(xs) + 5)], t_acc - TARGET[1], max(ys) + 0.5, color="green",
+                    alpha=0.08, linewidth=0, label=f"target: >= {TARGET[0]:g} pts at <= {TARGET[1]:g} pts cost")
     ax.axvline(0, color="grey", linewidth=0.8)
-    ax.set_xlabel("protection against the data-free attack (points; higher = better)")
+    ax.legend(loc="lower left", fontsize="x-small", title="dashed: Pareto front", title_fontsize="x-small")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("served test accuracy (%)  (higher = more utility)")
-    ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.margins(0.15)
+    ax.margins(0.1)
+
+
+def plot_defense_tradeoff(entries, path, title):
+    """Utility against protection, one point per victim of the comparison, two panels: protection against the
+    victim's strongest data-free attack, and against its strongest attack of all (chosen on validation); the
+    target region shaded."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 5), dpi=120)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=True)
+    _tradeoff_panel(axes[0], entries, "dfme_protection", "protection against the data-free attack (points)")
+    _tradeoff_panel(axes[1], entries, "overall", "protection against the strongest attack of all (points)")
+    fig.suptitle(title)
     _save(fig, path)
 
 

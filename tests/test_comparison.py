@@ -207,3 +207,32 @@ def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
     bad = subprocess.run(["bash", "compare.sh", "--list", "final"], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "AWARE_GRID: 'a' is already a DFME_GRID setting" in bad.stderr
+
+
+def test_the_strongest_attack_of_all_is_chosen_on_validation_and_paired_with_the_teachers():
+    ko = "pool={} epochs=30 victim_output=probs"
+    rows = [*[_row("teacher", setting="b", seed=s, val="0.70", clone=c) for s, c in [(0, "0.80"), (1, "0.78")]],
+            *[_row("teacher", attack="knockoff", budget=20000, seed=s, val="0.86", clone=c,
+                   settings=ko.format("fashionmnist")) for s, c in [(0, "0.85"), (1, "0.84")]],
+            # MISLEADER: the synthetic pool's clone is the best on test, but not on validation
+            *[_row("misleader", setting="b", seed=s, val="0.50", clone="0.50") for s in (0, 1)],
+            *[_row("misleader", attack="knockoff", budget=20000, seed=s, val="0.81", clone=c,
+                   settings=ko.format("fashionmnist")) for s, c in [(0, "0.80"), (1, "0.79")]],
+            *[_row("misleader", attack="knockoff", budget=20000, seed=s, val="0.30", clone="0.95",
+                   settings=ko.format("synthetic")) for s in (0, 1)],
+            # a victim whose strongest attack is the data-free one (validation 0.90 over Knockoff's 0.40)
+            *[_row("d", setting="b", seed=s, val="0.90", clone=c) for s, c in [(0, "0.75"), (1, "0.70")]],
+            *[_row("d", attack="knockoff", budget=20000, seed=s, val="0.40", clone="0.40",
+                   settings=ko.format("fashionmnist")) for s in (0, 1)]]
+    t, m, d = comparison.headline(rows)
+    assert t["overall"]["attack"] == "Knockoff fashionmnist" and t["overall"]["protection"] is None
+    assert m["overall"]["attack"] == "Knockoff fashionmnist" and m["overall"]["clone"] == {0: 0.80, 1: 0.79}
+    assert m["overall"]["protection"]["diffs"] == pytest.approx([0.05, 0.05])
+    assert d["overall"]["attack"] == "data-free b"
+    assert d["overall"]["protection"]["diffs"] == pytest.approx([0.85 - 0.75, 0.84 - 0.70])
+    lines = comparison.headline_table(rows)
+    assert "strongest of all (on validation) | clone (%) | protection (pts) |" in lines[0]
+    assert lines[2].endswith("| Knockoff fashionmnist | 84.50 ± 0.71 (2) | - |")
+    assert lines[4].endswith("| data-free b | 72.50 ± 3.54 (2) | +12.00 ± 2.83 [-13.41, +37.41] (2) |")
+    rows = [dict(r, clone_val_acc="") for r in rows]  # no validation accuracy anywhere: no verdict, said so
+    assert all(e["overall"]["attack"] is None for e in comparison.headline(rows))
