@@ -3,8 +3,9 @@
 ``write_report`` writes ``report.md``: for one config, the headline (each victim against its strongest attacker,
 paired protection; misleader/comparison.py) and the data-free grid; then every experiment (rows grouped by
 victim and attack settings, averaged over seeds). Plots: ``protection_vs_queries.png``, ``clone_vs_queries.png``
-(from each run's metrics.csv) and ``utility_vs_protection.png`` (against the data-free attack and the strongest of all). ``verify`` reloads every saved clone and victim from its
-checkpoint, reruns the test-set evaluation of DFME/dfme.py and compares it with the CSV. Nothing is trained.
+(from each run's metrics.csv) and ``utility_vs_protection.png`` (against the data-free attack and the strongest
+of all). ``verify`` reloads every saved clone and victim from its checkpoint, reruns the test-set evaluation of
+DFME/dfme.py and compares it with the CSV. Nothing is trained.
 
     python -m misleader.report [--config quick] [--out results]
     python -m misleader.report --verify 1
