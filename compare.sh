@@ -33,6 +33,7 @@ fi
 source configs/load.sh
 RESUME=1
 [ ${#COMPARE_POOLS[@]} -eq 0 ] && COMPARE_POOLS=("${KNOCKOFF_POOLS[@]}")
+[ ${#LABEL_SEEDS[@]} -eq 0 ] && LABEL_SEEDS=("${COMPARE_SEEDS[0]}")
 variant_tag() { if [ -n "$TAG" ]; then echo "$TAG-$1"; else echo "$1"; fi; }
 phase() { [ "$PHASE" = all ] || [ "$PHASE" = "$1" ]; }
 LAM0=$(variant_tag lam0)
@@ -167,9 +168,11 @@ if phase grid; then
                 # shellcheck disable=SC2086
                 knockoff_attack "$victim" "$seed" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]} --api_defense "$defense"
             done
-            # shellcheck disable=SC2086
-            knockoff_attack "$victim" "${COMPARE_SEEDS[0]}" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]} \
-                --api_defense "$defense" --victim_output label
+            for seed in "${LABEL_SEEDS[@]}"; do
+                # shellcheck disable=SC2086
+                knockoff_attack "$victim" "$seed" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]} \
+                    --api_defense "$defense" --victim_output label
+            done
         done
     done
     for victim in "${KNOBS[@]}"; do
@@ -183,8 +186,10 @@ if phase grid; then
                 ${VICTIM[$victim]} --tag "${ATTACK_TAG:+$ATTACK_TAG-}q$budget"
         done
         if [ "$LABEL_ONLY" = 1 ]; then
-            # shellcheck disable=SC2086
-            knockoff_attack "$victim" "${COMPARE_SEEDS[0]}" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]} --victim_output label
+            for seed in "${LABEL_SEEDS[@]}"; do
+                # shellcheck disable=SC2086
+                knockoff_attack "$victim" "$seed" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]} --victim_output label
+            done
         fi
     done
 fi

@@ -21,7 +21,9 @@ GRID_SEED=0            # seed of the grid runs; a victim's strongest setting is 
 COMPARE_POOLS=()       # Knockoff pools of compare.sh (empty: KNOCKOFF_POOLS)
 KNOCKOFF_CURVE=()      # more Knockoff budgets (millions) against teacher and MISLEADER, first seed and pool: a budget
                        # curve (the KNOCKOFF_BUDGET runs are its point at that budget)
-LABEL_ONLY=1           # 1: also label-only Knockoff (KNOCKOFF_BUDGET, first seed, first pool) on teacher and MISLEADER
+LABEL_ONLY=1           # 1: also label-only Knockoff (KNOCKOFF_BUDGET, first pool) on teacher and MISLEADER
+LABEL_SEEDS=()         # seeds of the label-only Knockoff runs (those against the API_DEFENSES too); empty: the first
+                       # of COMPARE_SEEDS
 API_DEFENSES=()        # output defenses served on top of the teacher and MISLEADER ("NAME:key=value,...", see --api_defense):
                        # Knockoff (seeds, first pool) and label-only Knockoff in phase 2, DFME at GRID_BUDGET in phase 3
 FINAL_DEFENSES=()      # of API_DEFENSES, the candidates also attacked at QUERY_BUDGET on the paired COMPARE_SEEDS

@@ -222,25 +222,32 @@ def _attack_columns(rows):
     return cols
 
 
-def _mean_val(rows, idx):
-    """Mean validation accuracy of the clones of rows ``idx`` (None when none of them has one)."""
-    xs = [float(rows[i]["clone_val_acc"]) for i in idx if rows[i].get("clone_val_acc")]
-    xs = [x for x in xs if not math.isnan(x)]
-    return mean(xs) if xs else None
+def _val_by_seed(rows, idx):
+    """{seed: clone validation accuracy} of rows ``idx`` that have one."""
+    out = {}
+    for i in idx:
+        if rows[i].get("clone_val_acc"):
+            v = num(rows[i], "clone_val_acc", i)
+            if not math.isnan(v):
+                out[num(rows[i], "seed", i, int)] = v
+    return out
 
 
 def strongest_overall(rows, entry):
     """(title, [row indices]) of the attack, among the entry's data-free final and its Knockoff columns, whose
-    clones have the highest mean accuracy on the validation split (the test set chooses nothing; a tie goes to the
-    earlier column); (None, []) when no column has a validation accuracy."""
+    clones have the highest mean accuracy on the validation split, compared on the seeds all those columns share
+    (on all their seeds when they share none), so that a column run on one seed does not win on that seed's
+    luck; the test set chooses nothing; a tie goes to the earlier column. (None, []) when no column has a
+    validation accuracy."""
     cands = []
     if entry["dfme_rows"]:
         cands.append((f"data-free {entry['dfme_setting'] or entry['dfme_attack']}", entry["dfme_rows"]))
     cands += [(title, k["rows"]) for title, k in entry["knockoff"].items() if k["rows"]]
-    scored = [(v, -n, title, idx) for n, (title, idx) in enumerate(cands)
-              if (v := _mean_val(rows, idx)) is not None]
-    if not scored:
+    vals = [(title, idx, v) for title, idx in cands if (v := _val_by_seed(rows, idx))]
+    if not vals:
         return None, []
+    common = set.intersection(*(set(v) for _, _, v in vals))
+    scored = [(mean([v[s] for s in (common or v)]), -n, title, idx) for n, (title, idx, v) in enumerate(vals)]
     _, _, title, idx = max(scored)
     return title, idx
 
@@ -282,9 +289,10 @@ def headline(rows, grid_names=None):
                                         if key == teacher or tb is None else paired(_by_seed(rows, tidx), k)}
         # the verdict: this victim's strongest attack of all against the bare teacher's strongest of all
         title, idx = strongest_overall(rows, entry)
-        o = {"attack": title, "clone": _by_seed(rows, idx), "protection": None}
+        o = {"attack": title, "clone": _by_seed(rows, idx), "protection": None, "unpaired": False}
         if out and idx and out[0]["overall"]["attack"]:
             o["protection"] = paired(out[0]["overall"]["clone"], o["clone"])
+            o["unpaired"] = o["protection"] is None  # no seed in common with the teacher's strongest
         entry["overall"] = o
         out.append(entry)
     return out
@@ -360,7 +368,8 @@ def headline_table(rows, grid_names=None):
             cells += [_clone_text(k["clone"]) + (f", {k['budget']:,} q" if k["budget"] else ""),
                       protection_text(k["protection"])]
         o = e["overall"]
-        cells += [o["attack"] or "-", _clone_text(o["clone"]), protection_text(o["protection"])]
+        cells += [o["attack"] or "-", _clone_text(o["clone"]),
+                  "no seed in common with the teacher's" if o["unpaired"] else protection_text(o["protection"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Clone accuracy: mean ± sample std (seeds). Protection: the bare teacher's clone minus this victim's "
                   "clone under the same attack, budget and seed; mean ± std [95 % Student-t interval] (paired seeds). "

@@ -236,3 +236,52 @@ def test_the_strongest_attack_of_all_is_chosen_on_validation_and_paired_with_the
     assert lines[4].endswith("| data-free b | 72.50 ± 3.54 (2) | +12.00 ± 2.83 [-13.41, +37.41] (2) |")
     rows = [dict(r, clone_val_acc="") for r in rows]  # no validation accuracy anywhere: no verdict, said so
     assert all(e["overall"]["attack"] is None for e in comparison.headline(rows))
+
+
+def test_the_strongest_attack_of_all_is_compared_on_shared_seeds_and_pairs_by_seed():
+    from misleader.errors import UserError
+    ko = "pool=fashionmnist epochs=30 victim_output={}"
+    teacher = [_row("teacher", attack="knockoff", budget=20000, seed=s, val="0.86", clone=c, settings=ko.format("probs"))
+               for s, c in [(0, "0.85"), (1, "0.84"), (2, "0.83")]]
+    # label-only on seed 0 only: 0.87 beats the probability column's mean over 3 seeds (0.8633) but ties it on
+    # seed 0, the one seed both have: the tie goes to the earlier column, not to one seed's luck
+    victim = [*[_row("v", attack="knockoff", budget=20000, seed=s, val=v, clone=c, settings=ko.format("probs"))
+                for s, v, c in [(2, "0.86", "0.70"), (0, "0.87", "0.80"), (1, "0.86", "0.75")]],
+              _row("v", attack="knockoff", budget=20000, seed=0, val="0.87", clone="0.81", settings=ko.format("label"))]
+    t, v = comparison.headline(teacher + victim)
+    assert v["overall"]["attack"] == "Knockoff fashionmnist"
+    assert v["overall"]["protection"]["diffs"] == pytest.approx([0.05, 0.09, 0.13])  # seed by seed, not by position
+    victim[3]["clone_val_acc"] = "0.88"  # now label-only is better on the shared seed
+    assert comparison.headline(teacher + victim)[1]["overall"]["attack"] == "Knockoff fashionmnist label-only"
+    # a strongest attack with no seed in common with the teacher's strongest: said, not a blank
+    lone = [_row("w", attack="knockoff", budget=20000, seed=7, val="0.9", clone="0.8", settings=ko.format("probs"))]
+    t, w = comparison.headline(teacher + lone)
+    assert w["overall"]["protection"] is None and w["overall"]["unpaired"]
+    assert comparison.headline_table(teacher + lone)[3].endswith("| no seed in common with the teacher's |")
+    lone[0]["clone_val_acc"] = "?"
+    with pytest.raises(UserError, match="clone_val_acc is not a number"):
+        comparison.headline(teacher + lone)
+
+
+def test_label_only_knockoff_runs_on_label_seeds(tmp_path):
+    """compare.sh --list grid: label-only Knockoff against teacher, MISLEADER and every API defense on each of
+    LABEL_SEEDS; without LABEL_SEEDS on the first of COMPARE_SEEDS only."""
+    import os
+    import shutil
+    import subprocess
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copy(os.path.join(repo, "compare.sh"), tmp_path)
+    shutil.copytree(os.path.join(repo, "configs"), tmp_path / "configs")
+    env = {**os.environ, "CONFIG": "labels", "PYTHONPATH": repo}
+
+    def label_runs(extra):
+        with open(tmp_path / "configs/labels.sh", "w") as f:
+            f.write('source configs/smoke.sh\nCOMPARE_SEEDS=(3 4 5)\nAPI_DEFENSES=("topk:k=1")\n' + extra)
+        proc = subprocess.run(["bash", "compare.sh", "--list", "grid"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return sorted((ln.split("--label ")[1].split()[0], "--api_defense" in ln, int(ln.split("--seed ")[1].split()[0]))
+                      for ln in proc.stdout.splitlines() if "--victim_output label" in ln)
+    victims = [(v, d) for v in ("misleader", "teacher") for d in (False, True)]
+    assert label_runs("") == [(v, d, 3) for v, d in victims]
+    assert label_runs("LABEL_SEEDS=(3 5)\n") == [(v, d, s) for v, d in victims for s in (3, 5)]
