@@ -1,9 +1,15 @@
 """The comparison's statistics (misleader/comparison.py): t interval, paired protection, the strongest setting
 chosen on validation accuracy only, the headline table, protection along the queries."""
 
+import os
+import shutil
+import subprocess
+
 import pytest
 
 from misleader import comparison, report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _row(label, attack="dfme", budget=1000000, seed=0, clone="0.5000", val="", setting="", settings="", vacc="0.9000",
@@ -13,6 +19,19 @@ def _row(label, attack="dfme", budget=1000000, seed=0, clone="0.5000", val="", s
          "victim_acc": vacc, "served_acc": vacc, "api_defense": "none", "probs_as_logits": "0", "config": "c"}
     r.update(kw)
     return r
+
+
+def _copy_compare(folder):
+    """compare.sh and configs/ copied into ``folder``, for a test that writes a config of its own there."""
+    shutil.copy(os.path.join(REPO, "compare.sh"), folder)
+    shutil.copytree(os.path.join(REPO, "configs"), folder / "configs")
+
+
+def _compare_list(folder, config, phase, timeout=120):
+    """`CONFIG=<config> bash compare.sh --list <phase>` run in ``folder`` (see _copy_compare)."""
+    env = {**os.environ, "CONFIG": config, "PYTHONPATH": REPO}
+    return subprocess.run(["bash", "compare.sh", "--list", phase], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def test_t_quantiles():
@@ -164,14 +183,9 @@ def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
     """compare.sh --list final with both grids complete: every defense meets its bare model's strongest setting
     (a: best on validation), and an aware setting (b from the grid, c from AWARE_GRID) only where AWARE_SETTINGS
     names the defense."""
-    import os
-    import shutil
-    import subprocess
     from tests.test_report import _write_csv
     from misleader.results import COLUMNS
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    shutil.copy(os.path.join(repo, "compare.sh"), tmp_path)
-    shutil.copytree(os.path.join(repo, "configs"), tmp_path / "configs")
+    _copy_compare(tmp_path)
     with open(tmp_path / "configs/aware.sh", "w") as f:
         f.write('source configs/smoke.sh\nCONFIG=c\nGRID_BUDGET=1\nDFME_GRID=("a dfme --steps 0.5" "b dfme --steps 0.3")\n'
                 'API_DEFENSES=("rounding:decimals=1" "topk:k=1")\nAWARE_GRID=("c disguide --loss kl")\n'
@@ -180,9 +194,7 @@ def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
     _write_csv(tmp_path / "results/results.csv",
                [_row(v, setting=s, val=val, dataset="synthetic") for v in ("teacher", "misleader")
                 for s, val in (("a", "0.7"), ("b", "0.6"))], COLUMNS)
-    env = {**os.environ, "CONFIG": "aware", "PYTHONPATH": repo}
-    proc = subprocess.run(["bash", "compare.sh", "--list", "final"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = _compare_list(tmp_path, "aware", "final")
     assert proc.returncode == 0, proc.stderr
     runs = [ln for ln in proc.stdout.splitlines() if "--api_defense" in ln]
 
@@ -194,18 +206,15 @@ def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
         assert searched(victim, "topk:k=1") == ["a", "c"]  # c: a setting only defended victims meet
     c_run = next(ln for ln in runs if "--setting c " in ln)
     assert "DFME/disguide.py" in c_run and c_run.endswith("--loss kl")
-    grid = subprocess.run(["bash", "compare.sh", "--list", "grid"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    grid = _compare_list(tmp_path, "aware", "grid")
     assert grid.returncode == 0 and "--setting a " in grid.stdout and "--setting c" not in grid.stdout
     with open(tmp_path / "configs/aware.sh", "a") as f:
         f.write('AWARE_SETTINGS=("b reverse_sigmoid")\n')
-    bad = subprocess.run(["bash", "compare.sh", "--list", "final"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=60)
+    bad = _compare_list(tmp_path, "aware", "final", timeout=60)
     assert bad.returncode == 2 and "'reverse_sigmoid' names no defense" in bad.stderr and bad.stdout == ""
     with open(tmp_path / "configs/aware.sh", "a") as f:
         f.write('AWARE_SETTINGS=()\nAWARE_GRID=("a dfme --steps 0.1")\n')
-    bad = subprocess.run(["bash", "compare.sh", "--list", "final"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=60)
+    bad = _compare_list(tmp_path, "aware", "final", timeout=60)
     assert bad.returncode == 2 and "AWARE_GRID: 'a' is already a DFME_GRID setting" in bad.stderr
 
 
@@ -266,19 +275,12 @@ def test_the_strongest_attack_of_all_is_compared_on_shared_seeds_and_pairs_by_se
 def test_label_only_knockoff_runs_on_label_seeds(tmp_path):
     """compare.sh --list grid: label-only Knockoff against teacher, MISLEADER and every API defense on each of
     LABEL_SEEDS; without LABEL_SEEDS on the first of COMPARE_SEEDS only."""
-    import os
-    import shutil
-    import subprocess
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    shutil.copy(os.path.join(repo, "compare.sh"), tmp_path)
-    shutil.copytree(os.path.join(repo, "configs"), tmp_path / "configs")
-    env = {**os.environ, "CONFIG": "labels", "PYTHONPATH": repo}
+    _copy_compare(tmp_path)
 
     def label_runs(extra):
         with open(tmp_path / "configs/labels.sh", "w") as f:
             f.write('source configs/smoke.sh\nCOMPARE_SEEDS=(3 4 5)\nAPI_DEFENSES=("topk:k=1")\n' + extra)
-        proc = subprocess.run(["bash", "compare.sh", "--list", "grid"], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=120)
+        proc = _compare_list(tmp_path, "labels", "grid")
         assert proc.returncode == 0, proc.stderr
         return sorted((ln.split("--label ")[1].split()[0], "--api_defense" in ln, int(ln.split("--seed ")[1].split()[0]))
                       for ln in proc.stdout.splitlines() if "--victim_output label" in ln)
