@@ -53,10 +53,12 @@ API_DEFENSES=(
     "adaptive_misinformation:tau=0.515,nu=1000,model=Defense/cache/misinfo/fashionmnist-lenet5.pt"
 )
 # attackers that know the defense: adaptive misinformation also meets DFME with queries kept in the data range (in
-# distribution: answered by the model itself); rounding, top-k and reverse sigmoid also meet DisGUIDE with the KL
-# loss on the answers (DFME's L1 on recovered logits turns an exact 0 into a target logit near -87)
+# distribution: answered by the model itself) and DisGUIDE (the strongest data-free attack on MISLEADER: its
+# replayed, disagreement-seeking queries may land where the misinformation does not fire); rounding, top-k and
+# reverse sigmoid also meet DisGUIDE with the KL loss on the answers (DFME's L1 on recovered logits turns an exact
+# 0 into a target logit near -87)
 AWARE_GRID=("kl disguide --loss kl")
-AWARE_SETTINGS=("data adaptive_misinformation" "kl rounding topk reverse_sigmoid")
+AWARE_SETTINGS=("data adaptive_misinformation" "disguide adaptive_misinformation" "kl rounding topk reverse_sigmoid")
 FINAL_DEFENSES=()        # the search's best candidates, for the paired 2M runs (set after the search)
 # MISLEADER's own knobs on the same plot (the MNIST-like values are unpublished): each an ensemble of the members
 # retrained with the knob, attacked like the API defenses (base: lambda 0.5, a_iter 1)
