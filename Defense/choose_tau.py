@@ -2,8 +2,9 @@
 
 For each utility cost in --cost (points of top-1 accuracy), raises tau from 0 in steps of 0.001 and prints the
 last tau before the served answers on the validation split lose more than that much accuracy against the model's
-raw answers, and the --api_defense spec that serves it. The test set chooses nothing; an attack run then measures the served test
-accuracy itself (results column served_acc). Needs the misinformation model (Defense/train_misinformation.py).
+raw answers, and the --api_defense spec that serves it. The test set chooses nothing; an attack run then
+measures the served test accuracy itself (results column served_acc). Needs the misinformation model
+(Defense/train_misinformation.py).
   python Defense/choose_tau.py --dataset fashionmnist --victim teacher --cost 0.5 1 2
 """
 

@@ -40,7 +40,8 @@ DFME_GRID=(
 )
 COMPARE_POOLS=(fashionmnist synthetic)  # Knockoff in distribution (the victim's training images) and out of it
 KNOCKOFF_CURVE=(0.002 0.005 0.06)      # with the 0.02 runs: the budget curve, teacher and MISLEADER, seed 0
-LABEL_SEEDS=(0 1 2)                    # label-only Knockoff on the paired seeds: the strongest attack on several defenses
+LABEL_SEEDS=(0 1 2)                    # label-only Knockoff on the paired seeds (the strongest attack on
+                                       # several defenses)
 MISINFO_ARCH=lenet5       # train.sh: the adaptive-misinformation model, Defense/cache/misinfo/fashionmnist-lenet5.pt
 # the output defenses a model owner would pick instead (and on top of MISLEADER): searched at 1M queries, seed 0
 API_DEFENSES=(

@@ -250,8 +250,8 @@ def test_the_strongest_attack_of_all_is_chosen_on_validation_and_paired_with_the
 def test_the_strongest_attack_of_all_is_compared_on_shared_seeds_and_pairs_by_seed():
     from misleader.errors import UserError
     ko = "pool=fashionmnist epochs=30 victim_output={}"
-    teacher = [_row("teacher", attack="knockoff", budget=20000, seed=s, val="0.86", clone=c, settings=ko.format("probs"))
-               for s, c in [(0, "0.85"), (1, "0.84"), (2, "0.83")]]
+    teacher = [_row("teacher", attack="knockoff", budget=20000, seed=s, val="0.86", clone=c,
+                    settings=ko.format("probs")) for s, c in [(0, "0.85"), (1, "0.84"), (2, "0.83")]]
     # label-only on seed 0 only: 0.87 beats the probability column's mean over 3 seeds (0.8633) but ties it on
     # seed 0, the one seed both have: the tie goes to the earlier column, not to one seed's luck
     victim = [*[_row("v", attack="knockoff", budget=20000, seed=s, val=v, clone=c, settings=ko.format("probs"))
@@ -282,7 +282,8 @@ def test_label_only_knockoff_runs_on_label_seeds(tmp_path):
             f.write('source configs/smoke.sh\nCOMPARE_SEEDS=(3 4 5)\nAPI_DEFENSES=("topk:k=1")\n' + extra)
         proc = _compare_list(tmp_path, "labels", "grid")
         assert proc.returncode == 0, proc.stderr
-        return sorted((ln.split("--label ")[1].split()[0], "--api_defense" in ln, int(ln.split("--seed ")[1].split()[0]))
+        return sorted((ln.split("--label ")[1].split()[0], "--api_defense" in ln,
+                       int(ln.split("--seed ")[1].split()[0]))
                       for ln in proc.stdout.splitlines() if "--victim_output label" in ln)
     victims = [(v, d) for v in ("misleader", "teacher") for d in (False, True)]
     assert label_runs("") == [(v, d, 3) for v, d in victims]
