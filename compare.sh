@@ -6,7 +6,7 @@
 #             ensembles (teacher.sh and train.sh come first); ensembles: build those ensembles (seconds)
 #   2. grid   every victim against every DFME_GRID setting (GRID_BUDGET queries, seed GRID_SEED), and Knockoff
 #             against every victim (COMPARE_SEEDS x COMPARE_POOLS), its budget curve and label-only answers,
-#             and against the API_DEFENSES (also label-only) and the MISLEADER_VARIANTS
+#             and against the API_DEFENSES (every pool, and label-only) and the MISLEADER_VARIANTS
 #   3. final  DFME at QUERY_BUDGET with each victim's strongest grid setting (the highest clone accuracy on the
 #             validation split, never the test set): paired seeds COMPARE_SEEDS for teacher and MISLEADER,
 #             VARIANT_SEEDS for the other two; the API_DEFENSES and MISLEADER_VARIANTS searched at GRID_BUDGET
@@ -164,9 +164,11 @@ if phase grid; then
     done
     for defense in "${API_DEFENSES[@]}"; do
         for victim in teacher misleader; do
-            for seed in "${COMPARE_SEEDS[@]}"; do
-                # shellcheck disable=SC2086
-                knockoff_attack "$victim" "$seed" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]} --api_defense "$defense"
+            for pool in "${COMPARE_POOLS[@]}"; do
+                for seed in "${COMPARE_SEEDS[@]}"; do
+                    # shellcheck disable=SC2086
+                    knockoff_attack "$victim" "$seed" "$pool" ${VICTIM[$victim]} --api_defense "$defense"
+                done
             done
             for seed in "${LABEL_SEEDS[@]}"; do
                 # shellcheck disable=SC2086

@@ -288,3 +288,19 @@ def test_label_only_knockoff_runs_on_label_seeds(tmp_path):
     victims = [(v, d) for v in ("misleader", "teacher") for d in (False, True)]
     assert label_runs("") == [(v, d, 3) for v, d in victims]
     assert label_runs("LABEL_SEEDS=(3 5)\n") == [(v, d, s) for v, d in victims for s in (3, 5)]
+
+
+def test_knockoff_against_api_defenses_queries_every_pool(tmp_path):
+    """compare.sh --list grid: Knockoff with probability answers meets every API defense from every pool of
+    COMPARE_POOLS (in and out of distribution), on each of COMPARE_SEEDS; label-only from the first pool."""
+    _copy_compare(tmp_path)
+    with open(tmp_path / "configs/pools.sh", "w") as f:
+        f.write('source configs/smoke.sh\nCOMPARE_SEEDS=(3 4)\nCOMPARE_POOLS=(synthetic cifar10)\n'
+                'API_DEFENSES=("topk:k=1")\n')
+    proc = _compare_list(tmp_path, "pools", "grid")
+    assert proc.returncode == 0, proc.stderr
+    runs = sorted((ln.split("--label ")[1].split()[0], ln.split("--pool ")[1].split()[0],
+                   int(ln.split("--seed ")[1].split()[0]), "--victim_output label" in ln)
+                  for ln in proc.stdout.splitlines() if "DFME/knockoff.py" in ln and "--api_defense topk:k=1" in ln)
+    assert runs == sorted([(v, p, s, False) for v in ("teacher", "misleader") for p in ("synthetic", "cifar10")
+                           for s in (3, 4)] + [(v, "synthetic", 3, True) for v in ("teacher", "misleader")])
