@@ -274,4 +274,5 @@ if phase final; then
     fi
 fi
 
-[ "$LIST" = 1 ] || bash report.sh --config "$CONFIG" ${NAMES[0]:+--grid "${NAMES[@]}"}
+[ "$LIST" = 1 ] || bash report.sh --config "$CONFIG" ${NAMES[0]:+--grid "${NAMES[@]}"} \
+    ${AWARE_SETTINGS[0]:+--aware "${AWARE_SETTINGS[@]}"}

@@ -252,10 +252,30 @@ def strongest_overall(rows, entry):
     return title, idx
 
 
-def headline(rows, grid_names=None):
+def search_missing(rows, key, grid_info, aware=()):
+    """The settings of a defended victim's data-free search (its bare model's strongest grid setting, then the
+    ``aware`` settings that apply to its defense) without a run yet at the grid's budget and seed; the bare
+    model's missing grid settings while its grid is incomplete. ``aware``: compare.sh's AWARE_SETTINGS entries,
+    "setting [defense name ...]" (no name: every defense)."""
+    if grid_info is None:
+        return []
+    budget, seed, names = grid_info
+    bare, missing = strongest(rows, key[0], names, budget, seed)
+    if bare is None or key[1] == "none":
+        return missing
+    expected = [bare]
+    for entry in aware:
+        setting, *defenses = entry.split()
+        if (not defenses or key[1].split(":")[0] in defenses) and setting not in expected:
+            expected.append(setting)
+    return strongest(rows, key[0], expected, budget, seed, key[1])[1]
+
+
+def headline(rows, grid_names=None, aware=()):
     """The answer, one dict per victim (the bare teacher first; a victim is a label with the API defense it
     serves): utility cost, the final data-free attack and each Knockoff column with clone accuracies and
-    paired protection against the bare teacher under the same attack, budget and seeds. [] without teacher rows."""
+    paired protection against the bare teacher under the same attack, budget and seeds. [] without teacher rows.
+    ``aware``: the AWARE_SETTINGS entries, so that a defended victim's search lists the settings still to run."""
     teacher = (TEACHER, "none")
     keys = list(dict.fromkeys(victim_key(r) for r in rows if not flag(r, "probs_as_logits")))
     if teacher not in keys:
@@ -276,7 +296,7 @@ def headline(rows, grid_names=None):
         if key != teacher and budget is not None:
             _, t_budget, t_idx = final_dfme(rows, teacher, grid_info, budget)
             protection = paired(_by_seed(rows, t_idx), d) if t_budget == budget else None
-        missing = strongest(rows, key[0], grid_info[2], grid_info[0], grid_info[1])[1] if grid_info else []
+        missing = search_missing(rows, key, grid_info, aware)
         entry = {"victim": victim_name(key), "key": key, "grid_missing": missing, "victim_acc": acc[key][0], "served_acc": acc[key][1],
                  "served_l1": acc[key][2], "utility_cost": acc[teacher][1] - acc[key][1], "dfme_setting": name,
                  "dfme_budget": budget, "dfme_attack": rows[idx[0]]["attack"] if idx else None, "dfme": d,
@@ -340,9 +360,9 @@ def protection_text(p):
     return f"{100 * p['mean']:+.2f} ± {100 * p['std']:.2f} [{100 * p['lo']:+.2f}, {100 * p['hi']:+.2f}] ({p['n']})"
 
 
-def headline_table(rows, grid_names=None):
+def headline_table(rows, grid_names=None, aware=()):
     """Markdown lines of the headline table, or [] without teacher rows."""
-    entries = headline(rows, grid_names)
+    entries = headline(rows, grid_names, aware)
     if not entries:
         return []
     columns = list(entries[0]["knockoff"])
@@ -358,8 +378,8 @@ def headline_table(rows, grid_names=None):
         name = e["dfme_setting"] or "config default"
         attack = "-" if e["dfme_budget"] is None else \
             (name if name == e["dfme_attack"] else f"{e['dfme_attack']} {name}") + f", {e['dfme_budget']:,} queries" + \
-            (f" (grid incomplete, {len(e['grid_missing'])} setting(s) to run: best on validation so far)"
-             if e["grid_missing"] else "")
+            (f" ({'search' if e['key'][1] != 'none' else 'grid'} incomplete, {len(e['grid_missing'])} setting(s) "
+             f"to run: {' '.join(e['grid_missing'])}; best on validation so far)" if e["grid_missing"] else "")
         cells = [e["victim"], f"{100 * e['served_acc']:.2f}", f"{100 * e['utility_cost']:.2f}"] + \
             ([f"{e['served_l1']:.4f}"] if served else []) + \
             [attack, _clone_text(e["dfme"]), protection_text(e["dfme_protection"])]

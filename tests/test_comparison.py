@@ -304,3 +304,25 @@ def test_knockoff_against_api_defenses_queries_every_pool(tmp_path):
                   for ln in proc.stdout.splitlines() if "DFME/knockoff.py" in ln and "--api_defense topk:k=1" in ln)
     assert runs == sorted([(v, p, s, False) for v in ("teacher", "misleader") for p in ("synthetic", "cifar10")
                            for s in (3, 4)] + [(v, "synthetic", 3, True) for v in ("teacher", "misleader")])
+
+
+def test_a_defended_victims_search_names_the_aware_settings_still_to_run():
+    """With AWARE_SETTINGS, a defended victim whose aware attacker has not run yet is said to be incomplete (its
+    data-free number so far is an upper bound on protection), naming the setting; complete once it has run."""
+    aware = ["b rounding topk", "c adaptive_misinformation"]
+    rows = [_row("teacher", setting="a", val="0.70", clone="0.70"), _row("teacher", setting="b", val="0.60", clone="0.65"),
+            _row("teacher", setting="a", val="0.30", clone="0.35", api_defense="rounding:decimals=1")]
+    e = {x["victim"]: x for x in comparison.headline(rows, aware=aware)}
+    assert e["teacher + rounding:decimals=1"]["grid_missing"] == ["b"]
+    assert "a, 1,000,000 queries (search incomplete, 1 setting(s) to run: b; best on validation so far)" in \
+        "\n".join(comparison.headline_table(rows, aware=aware))
+    assert comparison.headline(rows)[1]["grid_missing"] == []  # without the entries: nothing known to be missing
+    rows.append(_row("teacher", setting="b", val="0.50", clone="0.45", api_defense="rounding:decimals=1"))
+    rows.append(_row("teacher", setting="a", val="0.40", clone="0.40", api_defense="topk:k=1"))  # b to run
+    rows.append(_row("teacher", setting="a", val="0.50", clone="0.50", api_defense="reverse_sigmoid:beta=1"))
+    e = {x["victim"]: x for x in comparison.headline(rows, aware=aware)}
+    assert e["teacher + rounding:decimals=1"]["grid_missing"] == [] and e["teacher + rounding:decimals=1"][
+        "dfme_setting"] == "b"
+    assert e["teacher + topk:k=1"]["grid_missing"] == ["b"]
+    assert e["teacher + reverse_sigmoid:beta=1"]["grid_missing"] == []  # no aware setting names it
+    assert "incomplete" not in "\n".join(comparison.headline_table(rows, aware=aware)).split("topk")[0]
