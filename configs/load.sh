@@ -25,7 +25,7 @@ LABEL_ONLY=1           # 1: also label-only Knockoff (KNOCKOFF_BUDGET, first poo
 LABEL_SEEDS=()         # seeds of the label-only Knockoff runs (those against the API_DEFENSES too); empty: the first
                        # of COMPARE_SEEDS
 API_DEFENSES=()        # output defenses served on top of the teacher and MISLEADER ("NAME:key=value,...", see --api_defense):
-                       # Knockoff (seeds, first pool) and label-only Knockoff in phase 2, DFME at GRID_BUDGET in phase 3
+                       # Knockoff (seeds x pools) and label-only Knockoff in phase 2, DFME at GRID_BUDGET in phase 3
 FINAL_DEFENSES=()      # of API_DEFENSES, the candidates also attacked at QUERY_BUDGET on the paired COMPARE_SEEDS
 AWARE_GRID=()          # "name entry flags...": settings like DFME_GRID's that only the defended victims meet (named in
                        # AWARE_SETTINGS), e.g. "kl disguide --loss kl" for answers with exact zeros (rounding, top-k)
