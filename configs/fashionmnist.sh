@@ -37,7 +37,8 @@ DFME_GRID=(
     "floor dfme --steps 0.5 0.8 --logit_floor 1e-4"   # adaptive: recovered logits clipped at log(1e-4)
     "probs dfme --steps 0.5 0.8 --target probs"       # adaptive: the student matches probabilities
     "disguide disguide"                               # DisGUIDE: two clones, disagreement, replay
-)
+    "kl disguide --loss kl"                           # DisGUIDE with the KL loss on the answers: first only
+)                                                     # the API defenses' aware attacker, but a generic attack
 COMPARE_POOLS=(fashionmnist synthetic)  # Knockoff in distribution (the victim's training images) and out of it
 KNOCKOFF_CURVE=(0.002 0.005 0.06)      # with the 0.02 runs: the budget curve, teacher and MISLEADER, seed 0
 LABEL_SEEDS=(0 1 2)                    # label-only Knockoff on the paired seeds (the strongest attack on
@@ -58,7 +59,7 @@ API_DEFENSES=(
 # replayed, disagreement-seeking queries may land where the misinformation does not fire); rounding, top-k and
 # reverse sigmoid also meet DisGUIDE with the KL loss on the answers (DFME's L1 on recovered logits turns an exact
 # 0 into a target logit near -87)
-AWARE_GRID=("kl disguide --loss kl")
+AWARE_GRID=()
 AWARE_SETTINGS=("data adaptive_misinformation" "disguide adaptive_misinformation" "kl rounding topk reverse_sigmoid")
 FINAL_DEFENSES=()        # the search's best candidates, for the paired 2M runs (set after the search)
 # MISLEADER's own knobs on the same plot (the MNIST-like values are unpublished): each an ensemble of the members
