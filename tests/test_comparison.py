@@ -326,3 +326,22 @@ def test_a_defended_victims_search_names_the_aware_settings_still_to_run():
     assert e["teacher + topk:k=1"]["grid_missing"] == ["b"]
     assert e["teacher + reverse_sigmoid:beta=1"]["grid_missing"] == []  # no aware setting names it
     assert "incomplete" not in "\n".join(comparison.headline_table(rows, aware=aware)).split("topk")[0]
+
+
+def test_a_final_run_with_a_setting_no_longer_the_strongest_is_said():
+    """A setting added to a complete grid that beats the one the finals ran with: the headline still shows the
+    finals that exist, but says that the grid's strongest has no runs at that budget yet."""
+    grid = [_row(v, setting="a", val="0.60", clone="0.60") for v in ("teacher", "misleader")]
+    finals = [_row(v, setting="a", budget=2000000, seed=s, clone="0.70") for v in ("teacher", "misleader")
+              for s in (0, 1)]
+    rows = grid + finals
+    assert "now" not in "\n".join(comparison.headline_table(rows, ["a", "b"]))  # b not run: grid incomplete
+    rows += [_row("teacher", setting="b", val="0.80", clone="0.80"), _row("misleader", setting="b", val="0.50")]
+    t, m = comparison.headline(rows, ["a", "b"])
+    assert t["final_pending"] == "b" and m["final_pending"] is None  # a is still MISLEADER's strongest
+    assert t["dfme_setting"] == "a" and t["dfme_budget"] == 2000000
+    assert "dfme a, 2,000,000 queries (the grid's strongest is now b: its runs at this budget are still to run)" \
+        in comparison.headline_table(rows, ["a", "b"])[2]
+    rows += [_row("teacher", setting="b", budget=2000000, seed=s, clone="0.75") for s in (0, 1)]
+    t, _ = comparison.headline(rows, ["a", "b"])
+    assert t["final_pending"] is None and t["dfme_setting"] == "b"
