@@ -388,7 +388,9 @@ def headline_table(rows, grid_names=None, aware=()):
              if e["final_pending"] and e["dfme_budget"] is not None else "")
         cells = [e["victim"], f"{100 * e['served_acc']:.2f}", f"{100 * e['utility_cost']:.2f}"] + \
             ([f"{e['served_l1']:.4f}"] if served else []) + \
-            [attack, _clone_text(e["dfme"]), protection_text(e["dfme_protection"])]
+            [attack, _clone_text(e["dfme"]), protection_text(e["dfme_protection"]) +
+             (f" (against the teacher's {entries[0]['dfme_setting']}, not its strongest)"
+              if e["dfme_protection"] and entries[0]["final_pending"] else "")]
         for c in columns:
             k = e["knockoff"][c]
             cells += [_clone_text(k["clone"]) + (f", {k['budget']:,} q" if k["budget"] else ""),

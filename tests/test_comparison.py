@@ -340,8 +340,10 @@ def test_a_final_run_with_a_setting_no_longer_the_strongest_is_said():
     t, m = comparison.headline(rows, ["a", "b"])
     assert t["final_pending"] == "b" and m["final_pending"] is None  # a is still MISLEADER's strongest
     assert t["dfme_setting"] == "a" and t["dfme_budget"] == 2000000
+    lines = comparison.headline_table(rows, ["a", "b"])
     assert "dfme a, 2,000,000 queries (the grid's strongest is now b: its runs at this budget are still to run)" \
-        in comparison.headline_table(rows, ["a", "b"])[2]
+        in lines[2]
+    assert "+0.00 ± 0.00 [+0.00, +0.00] (2) (against the teacher's a, not its strongest) |" in lines[3]
     rows += [_row("teacher", setting="b", budget=2000000, seed=s, clone="0.75") for s in (0, 1)]
     t, _ = comparison.headline(rows, ["a", "b"])
     assert t["final_pending"] is None and t["dfme_setting"] == "b"
