@@ -252,23 +252,16 @@ def strongest_overall(rows, entry):
     return title, idx
 
 
-def search_missing(rows, key, grid_info, aware=()):
-    """The settings of a defended victim's data-free search (its bare model's strongest grid setting, then the
-    ``aware`` settings that apply to its defense) without a run yet at the grid's budget and seed; the bare
-    model's missing grid settings while its grid is incomplete. ``aware``: compare.sh's AWARE_SETTINGS entries,
-    "setting [defense name ...]" (no name: every defense)."""
-    if grid_info is None:
-        return []
-    budget, seed, names = grid_info
-    bare, missing = strongest(rows, key[0], names, budget, seed)
-    if bare is None or key[1] == "none":
-        return missing
+def search_missing(rows, key, grid_info, bare, aware=()):
+    """The settings of a defended victim's data-free search (``bare``, its bare model's strongest grid setting,
+    then the ``aware`` settings that apply to its defense) without a run yet at the grid's budget and seed.
+    ``aware``: compare.sh's AWARE_SETTINGS entries, "setting [defense name ...]" (no name: every defense)."""
     expected = [bare]
     for entry in aware:
         setting, *defenses = entry.split()
         if (not defenses or key[1].split(":")[0] in defenses) and setting not in expected:
             expected.append(setting)
-    return strongest(rows, key[0], expected, budget, seed, key[1])[1]
+    return strongest(rows, key[0], expected, grid_info[0], grid_info[1], key[1])[1]
 
 
 def headline(rows, grid_names=None, aware=()):
@@ -296,10 +289,12 @@ def headline(rows, grid_names=None, aware=()):
         if key != teacher and budget is not None:
             _, t_budget, t_idx = final_dfme(rows, teacher, grid_info, budget)
             protection = paired(_by_seed(rows, t_idx), d) if t_budget == budget else None
-        missing = search_missing(rows, key, grid_info, aware)
-        # a complete grid whose strongest setting has no runs at the headline's budget yet: said, not hidden
-        best = strongest(rows, key[0], grid_info[2], grid_info[0], grid_info[1])[0] \
-            if grid_info and key[1] == "none" else None
+        # the bare model's grid: its missing settings, else (defended) the search's; a complete grid whose
+        # strongest setting has no runs at the headline's budget yet is said, not hidden
+        bare, missing = strongest(rows, key[0], grid_info[2], grid_info[0], grid_info[1]) if grid_info else (None, [])
+        if bare is not None and key[1] != "none":
+            missing = search_missing(rows, key, grid_info, bare, aware)
+        best = bare if key[1] == "none" else None
         entry = {"victim": victim_name(key), "key": key, "grid_missing": missing, "victim_acc": acc[key][0],
                  "served_acc": acc[key][1], "final_pending": best if best is not None and name != best else None,
                  "served_l1": acc[key][2], "utility_cost": acc[teacher][1] - acc[key][1], "dfme_setting": name,
