@@ -310,7 +310,8 @@ def test_a_defended_victims_search_names_the_aware_settings_still_to_run():
     """With AWARE_SETTINGS, a defended victim whose aware attacker has not run yet is said to be incomplete (its
     data-free number so far is an upper bound on protection), naming the setting; complete once it has run."""
     aware = ["b rounding topk", "c adaptive_misinformation"]
-    rows = [_row("teacher", setting="a", val="0.70", clone="0.70"), _row("teacher", setting="b", val="0.60", clone="0.65"),
+    rows = [_row("teacher", setting="a", val="0.70", clone="0.70"),
+            _row("teacher", setting="b", val="0.60", clone="0.65"),
             _row("teacher", setting="a", val="0.30", clone="0.35", api_defense="rounding:decimals=1")]
     e = {x["victim"]: x for x in comparison.headline(rows, aware=aware)}
     assert e["teacher + rounding:decimals=1"]["grid_missing"] == ["b"]
