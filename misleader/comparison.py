@@ -294,9 +294,9 @@ def headline(rows, grid_names=None, aware=()):
         bare, missing = strongest(rows, key[0], grid_info[2], grid_info[0], grid_info[1]) if grid_info else (None, [])
         if bare is not None and key[1] != "none":
             missing = search_missing(rows, key, grid_info, bare, aware)
-        best = bare if key[1] == "none" else None
         entry = {"victim": victim_name(key), "key": key, "grid_missing": missing, "victim_acc": acc[key][0],
-                 "served_acc": acc[key][1], "final_pending": best if best is not None and name != best else None,
+                 "served_acc": acc[key][1],
+                 "final_pending": bare if key[1] == "none" and bare not in (None, name) else None,
                  "served_l1": acc[key][2], "utility_cost": acc[teacher][1] - acc[key][1], "dfme_setting": name,
                  "dfme_budget": budget, "dfme_attack": rows[idx[0]]["attack"] if idx else None, "dfme": d,
                  "dfme_rows": idx, "teacher_rows": t_idx, "dfme_protection": protection, "knockoff": {}}
@@ -380,7 +380,7 @@ def headline_table(rows, grid_names=None, aware=()):
             (f" ({'search' if e['key'][1] != 'none' else 'grid'} incomplete, {len(e['grid_missing'])} setting(s) "
              f"to run: {' '.join(e['grid_missing'])}; best on validation so far)" if e["grid_missing"] else "") + \
             (f" (the grid's strongest is now {e['final_pending']}: its runs at this budget are still to run)"
-             if e["final_pending"] and e["dfme_budget"] is not None else "")
+             if e["final_pending"] else "")
         cells = [e["victim"], f"{100 * e['served_acc']:.2f}", f"{100 * e['utility_cost']:.2f}"] + \
             ([f"{e['served_l1']:.4f}"] if served else []) + \
             [attack, _clone_text(e["dfme"]), protection_text(e["dfme_protection"]) +
