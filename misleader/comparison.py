@@ -164,7 +164,7 @@ def _choose_setting(rows, idx, preferred):
         by_setting.setdefault(field(rows[i], "setting"), []).append(i)
 
     def val(name):
-        xs = [float(rows[i]["clone_val_acc"]) for i in by_setting[name] if rows[i].get("clone_val_acc")]
+        xs = list(_val_by_seed(rows, by_setting[name]).values())
         return mean(xs) if xs else -1.0
     name = preferred if preferred in by_setting else max(by_setting, key=lambda s: (len(by_setting[s]), val(s)))
     return name, by_setting[name]

@@ -160,6 +160,12 @@ def test_a_defended_victim_meets_the_strongest_of_the_settings_tried_on_it():
     assert d["dfme_protection"]["diffs"] == pytest.approx([0.70 - 0.45])  # the teacher's strongest (a) vs b
 
 
+def test_a_setting_without_a_usable_validation_accuracy_is_not_chosen_over_one_with_it():
+    rows = [_row("teacher", setting="a", val="nan", clone="0.70"), _row("teacher", setting="b", val="0.60", clone="0.65")]
+    name, budget, idx = comparison.final_dfme(rows, ("teacher", "none"), None)
+    assert (name, budget, idx) == ("b", 1000000, [1])
+
+
 def test_an_incomplete_grid_is_said_and_its_best_on_validation_used():
     rows = [_row("teacher", setting="a", val="0.50", clone="0.70"), _row("teacher", setting="b", val="0.60", clone="0.65"),
             _row("teacher", setting="c", val="0.55", clone="0.60"), _row("misleader", setting="a", val="0.40", clone="0.45"),
