@@ -197,9 +197,9 @@ def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
                 'API_DEFENSES=("rounding:decimals=1" "topk:k=1")\nAWARE_GRID=("c disguide --loss kl")\n'
                 'AWARE_SETTINGS=("b rounding" "c topk")\n')
     os.makedirs(tmp_path / "results")
-    _write_csv(tmp_path / "results/results.csv",
-               [_row(v, setting=s, val=val, dataset="synthetic") for v in ("teacher", "misleader")
-                for s, val in (("a", "0.7"), ("b", "0.6"))], COLUMNS)
+    rows = [_row(v, setting=s, val=val, dataset="synthetic") for v in ("teacher", "misleader")
+            for s, val in (("a", "0.7"), ("b", "0.6"))]
+    _write_csv(tmp_path / "results/results.csv", rows, COLUMNS)
     proc = _compare_list(tmp_path, "aware", "final")
     assert proc.returncode == 0, proc.stderr
     runs = [ln for ln in proc.stdout.splitlines() if "--api_defense" in ln]
@@ -210,6 +210,11 @@ def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
     for victim in ("teacher", "misleader"):
         assert searched(victim, "rounding:decimals=1") == ["a", "b"]
         assert searched(victim, "topk:k=1") == ["a", "c"]  # c: a setting only defended victims meet
+        # the report's twin of compare.sh's aware_for names the same settings, in the same order, as still to run
+        _, grid_info = comparison.grid_runs(rows, ["a", "b"])
+        for spec in ("rounding:decimals=1", "topk:k=1"):
+            assert comparison.search_missing(rows, (victim, spec), grid_info, "a", ["b rounding", "c topk"]) == \
+                searched(victim, spec)
     c_run = next(ln for ln in runs if "--setting c " in ln)
     assert "DFME/disguide.py" in c_run and c_run.endswith("--loss kl")
     grid = _compare_list(tmp_path, "aware", "grid")
