@@ -207,11 +207,11 @@ def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
     def searched(victim, spec):
         return [ln.split("--setting ")[1].split()[0] for ln in runs
                 if f"--label {victim} " in ln and f"--api_defense {spec} " in ln]
+    _, grid_info = comparison.grid_runs(rows, ["a", "b"])
     for victim in ("teacher", "misleader"):
         assert searched(victim, "rounding:decimals=1") == ["a", "b"]
         assert searched(victim, "topk:k=1") == ["a", "c"]  # c: a setting only defended victims meet
         # the report's twin of compare.sh's aware_for names the same settings, in the same order, as still to run
-        _, grid_info = comparison.grid_runs(rows, ["a", "b"])
         for spec in ("rounding:decimals=1", "topk:k=1"):
             assert comparison.search_missing(rows, (victim, spec), grid_info, "a", ["b rounding", "c topk"]) == \
                 searched(victim, spec)
