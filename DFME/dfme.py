@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from misleader.attack import finish_parse  # noqa: E402
 from misleader.cli import main_wrapper  # noqa: E402
 from misleader.dfme import MAZE_PRESET, DFME, DFMEConfig, attacker_models  # noqa: E402
-from misleader.generator_attack import config_from_flags, generator_parser, run_generator_attack  # noqa: E402
+from misleader.generator_attack import (attacker_mirror, config_from_flags, generator_parser,  # noqa: E402
+                                       run_generator_attack)
 
 # DFME's own flags, name -> (type or choices, help[, default]); those it shares with DisGUIDE, in DFME's words, are
 # misleader.generator_attack.FLAGS. Defaults come from DFMEConfig (and from MAZE_PRESET with --MAZE 1)
@@ -50,7 +51,7 @@ def build(cfg, stage):
     student, generator = (m.to(stage.device, memory_format=stage.fmt) for m in attacker_models(
         args.student_model, info.num_classes, info.in_channels, cfg.nz, args.ngf, args.seed))
     attack = DFME(cfg, stage.victim, student, generator, info.num_classes, stage.device, stage.amp, stage.fmt,
-                  seed=args.seed, mean=info.mean, std=info.std)
+                  seed=args.seed, mean=info.mean, std=info.std, mirror=attacker_mirror(cfg, args))
     return attack, f"student {args.student_model}", {}
 
 

@@ -29,7 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from misleader.attack import finish_parse  # noqa: E402
 from misleader.cli import main_wrapper  # noqa: E402
 from misleader.disguide import DisGUIDE, DisGUIDEConfig, disguide_models  # noqa: E402
-from misleader.generator_attack import config_from_flags, generator_parser, run_generator_attack  # noqa: E402
+from misleader.generator_attack import (attacker_mirror, config_from_flags, generator_parser,  # noqa: E402
+                                       run_generator_attack)
 
 # DisGUIDE's own flags: name -> (type, help), defaults from DisGUIDEConfig; the flags it shares with DFME
 # (misleader.generator_attack.FLAGS) are DFME's, with the help in HELP
@@ -61,7 +62,7 @@ def build(cfg, stage):
     clone, generator, clone2 = (m.to(stage.device, memory_format=stage.fmt) for m in disguide_models(
         args.student_model, info.num_classes, info.in_channels, cfg.nz, args.ngf, args.seed))
     attack = DisGUIDE(cfg, stage.victim, (clone, clone2), generator, info.num_classes, stage.device, stage.amp,
-                      stage.fmt, seed=args.seed, mean=info.mean, std=info.std)
+                      stage.fmt, seed=args.seed, mean=info.mean, std=info.std, mirror=attacker_mirror(cfg, args))
     return attack, f"two {args.student_model} clones (the first reported)", {"clone2": clone2}
 
 

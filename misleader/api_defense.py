@@ -68,6 +68,10 @@ DEFENSES = {
         "tau": (float, lambda v: 0 <= v <= 1, "a number from 0 to 1"), "nu": (float, *_POSITIVE),
         "model": (str, lambda v: bool(v), "a checkpoint path (Defense/train_misinformation.py)")}),
 }
+# defenses an attacker can copy onto its own clone from the published formula and parameters alone, through which
+# gradients pass: reverse sigmoid (rounding and top-k have zero gradient almost everywhere; adaptive
+# misinformation needs the owner's private misinformation model)
+MIRRORABLE = ("reverse_sigmoid",)
 USAGE = ("rounding:decimals=K | topk:k=K | reverse_sigmoid:beta=B,gamma=G | "
          "adaptive_misinformation:tau=T,nu=N,model=PATH | none")
 
@@ -123,6 +127,19 @@ def canonical(spec):
     if name is None:
         return NONE
     return f"{name}:" + ",".join(f"{k}={_text(v)}" for k, v in params.items())
+
+
+def mirror(spec):
+    """The attacker's copy of the published output defense ``spec``: probabilities (N, C) -> what the API would
+    serve for them, differentiable (an attack's --mirror 1 applies it to its clone's softmax before comparing
+    with the answers). A defense not in MIRRORABLE is a UserError."""
+    name, params = parse_spec(spec)
+    if name not in MIRRORABLE:
+        raise UserError(f"--mirror 1 copies the API's output defense onto the clone; it needs --api_defense "
+                        f"{' or '.join(MIRRORABLE)} (a formula of the probabilities alone, with a gradient), "
+                        f"got --api_defense {canonical(spec)}")
+    fn = DEFENSES[name][0]
+    return lambda p: fn(p, None, **params)
 
 
 class APIDefense:

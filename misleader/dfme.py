@@ -7,7 +7,9 @@ The attack holds nothing but the BlackBox; evaluation of the clone happens in a 
 Two options adapt the attacker to a defense whose answers put many classes near zero probability (both off
 by default, DFME as published): ``logit_floor`` raises probabilities below it to it before log p and the mean
 correction, and ``target="probs"`` has the student match the victim's probabilities instead of recovered
-logits; either applies to the student's targets and to the generator's zeroth-order loss alike.
+logits; either applies to the student's targets and to the generator's zeroth-order loss alike. A third,
+``mirror`` (with ``target="probs"``), adapts it to a published output defense given by a formula (reverse
+sigmoid): the student's probabilities pass through the same defense before they are compared with the answers.
 """
 
 import math
@@ -49,6 +51,7 @@ class DFMEConfig:
     # Attackers that adapt to a defense whose answers put classes near zero probability (off: DFME as published)
     logit_floor: float = 0.0  # probabilities below it are raised to it before log p and the mean correction
     target: str = "logits"  # what the student matches: recovered logits (DFME) or the victim's probabilities
+    mirror: bool = False  # the attacker applies the API's published output defense to its clone's probabilities
 
     # not fields: how a subclass (misleader.disguide's config) differs
     unused = ()  # fields the attack ignores: left at their defaults, out of the settings text and the state
@@ -101,6 +104,9 @@ def check_targets(cfg, num_classes=None):
                         "answer would be flattened to the uniform distribution")
     if cfg.logit_floor and cfg.target == "probs":
         raise UserError("--logit_floor clips recovered logits; it has no effect with --target probs")
+    if cfg.mirror and cfg.target != "probs":
+        raise UserError("--mirror 1 compares the clone's probabilities, passed through the API's defense, with the "
+                        "answers: it needs --target probs")
     if cfg.probs_as_logits and (cfg.logit_floor or cfg.target == "probs"):
         raise UserError("--probs_as_logits 1 reproduces earlier code's handicap; it cannot be combined with "
                         "--logit_floor or --target probs")
@@ -145,15 +151,15 @@ def query_map(query_range, mean, std):
     return 0.5 / std, (0.5 - mean) / std
 
 
-ADAPTIVE_DEFAULTS = {"logit_floor": 0.0, "target": "logits"}  # DFME as published
+ADAPTIVE_DEFAULTS = {"logit_floor": 0.0, "target": "logits", "mirror": False}  # DFME as published
 
 
 def settings_text(cfg, **extra):
     """The attack's defining settings as one 'key=value ...' string (results.csv's settings column): every
     field of the config (cfg.as_dict(): a DFMEConfig or a subclass's) except those with columns of their own
     (query_budget, probs_as_logits, query_range).
-    logit_floor and target appear only when they are not DFME's (off, logits): a plain DFME row keeps the text
-    of the rows written before they existed, so the report still groups them together."""
+    logit_floor, target and mirror appear only when they are not DFME's (off, logits, off): a plain DFME row keeps
+    the text of the rows written before they existed, so the report still groups them together."""
     fields = {k: v for k, v in cfg.as_dict().items() if k not in ("query_budget", "probs_as_logits", "query_range")}
     for k, published in ADAPTIVE_DEFAULTS.items():
         if fields.get(k) == published:
@@ -194,14 +200,19 @@ class DFME:
 
     ``amp`` is used for the generator and for the student's training steps only; every evaluation
     that enters a finite difference (victim and student at the perturbed points) stays float32.
-    ``mean``/``std`` are the victim data's normalization constants, used by ``cfg.query_range``."""
+    ``mean``/``std`` are the victim data's normalization constants, used by ``cfg.query_range``. ``mirror``
+    (with cfg.mirror): the attacker's copy of the API's published defense (misleader.api_defense.mirror), applied
+    to the student's probabilities in its loss and in the generator's."""
 
     name = "DFME"  # in error messages
 
     def __init__(self, cfg, victim, student, generator, num_classes, device, amp=None,
-                 memory_format=torch.contiguous_format, seed=0, mean=(0.0,), std=(1.0,)):
+                 memory_format=torch.contiguous_format, seed=0, mean=(0.0,), std=(1.0,), mirror=None):
         cfg.validate()
         check_targets(cfg, num_classes)
+        if bool(cfg.mirror) != (mirror is not None):
+            raise ValueError("cfg.mirror and the mirror function go together")
+        self.mirror = mirror
         self.q_scale, self.q_shift = (t.to(device) for t in query_map(cfg.query_range, mean, std))
         self.cfg, self.victim, self.student, self.generator = cfg, victim, student, generator
         self.num_classes, self.device, self.amp, self.fmt = num_classes, device, amp, memory_format
@@ -268,7 +279,8 @@ class DFME:
 
         def loss_at(points):  # what the generator maximises, per point; float32 throughout
             x = self.to_query(torch.tanh(points))
-            return -per_sample_disagreement(self.student(x).float(), self.victim_targets(x), cfg.loss, cfg.target)
+            return -per_sample_disagreement(self.student(x).float(), self.victim_targets(x), cfg.loss, cfg.target,
+                                            self.mirror)
 
         grad, loss = zoo.forward_difference(loss_at, x_pre, cfg.grad_m, cfg.grad_epsilon, u)
         if cfg.loss == "l1":
@@ -292,7 +304,7 @@ class DFME:
         target = self.victim_targets(x)
         with autocast(self.device, self.amp):
             out = self.student(x)
-        loss = student_loss(out.float(), target, self.cfg.loss, self.cfg.target)
+        loss = student_loss(out.float(), target, self.cfg.loss, self.cfg.target, self.mirror)
         self.opt_S.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_S.step()

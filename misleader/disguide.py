@@ -126,12 +126,13 @@ class DisGUIDE(DFME):
     name = "DisGUIDE"
 
     def __init__(self, cfg, victim, clones, generator, num_classes, device, amp=None,
-                 memory_format=torch.contiguous_format, seed=0, mean=(0.0,), std=(1.0,)):
+                 memory_format=torch.contiguous_format, seed=0, mean=(0.0,), std=(1.0,), mirror=None):
         if len(clones) != 2:
             raise ValueError(f"DisGUIDE trains two clones, got {len(clones)}")
         self.clones = tuple(clones)
         # DFME's setup with the first clone as the student; its Adam generator (g_optimizer is not a DisGUIDE flag)
-        super().__init__(cfg, victim, clones[0], generator, num_classes, device, amp, memory_format, seed, mean, std)
+        super().__init__(cfg, victim, clones[0], generator, num_classes, device, amp, memory_format, seed, mean, std,
+                         mirror)
         self.replay = Replay(min(cfg.replay_size, cfg.query_budget), device)
 
     def trained_parameters(self):
@@ -167,7 +168,7 @@ class DisGUIDE(DFME):
         for c in self.clones:
             with autocast(self.device, self.amp):
                 out = c(xs)
-            losses.append(student_loss(out.float(), ts, cfg.loss, cfg.target))
+            losses.append(student_loss(out.float(), ts, cfg.loss, cfg.target, self.mirror))
         loss = sum(losses)
         self.opt_S.zero_grad(set_to_none=True)
         loss.backward()

@@ -7,6 +7,7 @@ flags' help, its models and attack, its extra clones.
 import sys
 from dataclasses import fields
 
+from misleader import api_defense
 from misleader.attack import AttackStage, add_attack_flags
 from misleader.cli import Parser
 from misleader.dfme import settings_text
@@ -39,7 +40,10 @@ FLAGS = {"batch_size": (int, "generator / student batch size"), "epoch_itrs": (i
          "target": (["logits", "probs"], "what the student matches: recovered logits (DFME) or the victim's "
                                          "probabilities (l1 between softmax outputs; with --loss kl, KL(victim || "
                                          "student), which equals the logits target's KL up to rounding); the "
-                                         "generator maximises the same disagreement")}
+                                         "generator maximises the same disagreement"),
+         "mirror": ([0, 1], "adaptive attacker: 1 passes the clone's probabilities through the API's own output "
+                            "defense (its published formula and --api_defense parameters; reverse_sigmoid only) "
+                            "before comparing them with the answers; needs --target probs. 0: off")}
 
 
 def generator_parser(doc, cfg, own, wording=None):
@@ -68,7 +72,13 @@ def config_from_flags(cls, args):
             kw[f.name] = type(f.default)(kw[f.name])
     cfg = cls(**{**kw, "query_budget": int(round(args.query_budget * 1e6))})
     cfg.validate()
+    attacker_mirror(cfg, args)  # a defense that cannot be mirrored stops here, before any data is loaded
     return cfg
+
+
+def attacker_mirror(cfg, args):
+    """With --mirror 1, the attacker's copy of the API's published defense (--api_defense), else None."""
+    return api_defense.mirror(args.api_defense) if cfg.mirror else None
 
 
 def run_generator_attack(args, cfg, attack_name, build, log_name, title, state_kind="attack-state"):

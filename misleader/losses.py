@@ -38,16 +38,22 @@ def surrogate_loss(member_proxy, surrogate_proxy):
 
 
 TARGETS = ("logits", "probs")
+MIRROR_FLOOR = 1e-12  # a mirrored clone answer inside the KL's log is clamped here (reverse sigmoid clips at 0)
 
 
-def student_loss(student_logits, target, kind="l1", space="logits"):
+def student_loss(student_logits, target, kind="l1", space="logits", mirror=None):
     """DFME clone loss, a batch mean. space "logits" (DFME): ``target`` holds the victim's (recovered) logits; L1
     between logits, or KL(victim || student) for the MAZE-style 'kl'. space "probs": ``target`` holds the
-    victim's probabilities; L1 between softmax(student) and them, or the same KL(victim || student)."""
+    victim's probabilities; L1 between softmax(student) and them, or the same KL(victim || student).
+    ``mirror`` (space "probs" only): a differentiable map of probabilities applied to softmax(student) first, the
+    attacker's copy of a published output defense (misleader.api_defense.mirror), so the clone's answers are
+    compared with the API's as the API would have served them."""
     if space == "probs":
-        return per_sample_disagreement(student_logits, target, kind, space).mean()
+        return per_sample_disagreement(student_logits, target, kind, space, mirror).mean()
     if space != "logits":
         raise ValueError(f"unknown target space '{space}'")
+    if mirror is not None:
+        raise ValueError("a mirrored defense applies to probabilities: use space 'probs'")
     if kind == "l1":
         return F.l1_loss(student_logits, target)
     if kind == "kl":
@@ -56,11 +62,18 @@ def student_loss(student_logits, target, kind="l1", space="logits"):
     raise ValueError(f"unknown loss '{kind}'")
 
 
-def per_sample_disagreement(student_logits, target, kind="l1", space="logits"):
-    """Per-sample clone loss (L1 averaged over classes, or KL), the quantity the generator maximises; ``target``
-    and ``space`` as in student_loss."""
+def per_sample_disagreement(student_logits, target, kind="l1", space="logits", mirror=None):
+    """Per-sample clone loss (L1 averaged over classes, or KL), the quantity the generator maximises; ``target``,
+    ``space`` and ``mirror`` as in student_loss."""
     if kind not in ("l1", "kl"):
         raise ValueError(f"unknown loss '{kind}'")
+    if mirror is not None:
+        if space != "probs":
+            raise ValueError("a mirrored defense applies to probabilities: use space 'probs'")
+        served = mirror(F.softmax(student_logits, 1))
+        if kind == "l1":
+            return (served - target).abs().mean(1)
+        return (torch.xlogy(target, target) - target * served.clamp(min=MIRROR_FLOOR).log()).sum(1)
     if space == "probs":
         if kind == "l1":
             return (F.softmax(student_logits, 1) - target).abs().mean(1)

@@ -18,6 +18,7 @@ import torch.nn as nn
 from helpers import Counting
 
 from misleader import checkpoint
+from misleader.api_defense import APIDefense, mirror, parse_spec
 from misleader.dfme import DFME, DFMEConfig, answer_targets, attacker_models, settings_text
 from misleader.disguide import (DisGUIDE, DisGUIDEConfig, Replay, class_diversity, clone_disagreement,
                                 disguide_models, generator_loss)
@@ -72,10 +73,14 @@ def hand_softmax(z):
     return [v / sum(e) for v in e]
 
 
-def dfme_on(p, **kw):
+def dfme_on(p, api_defense=None, **kw):
+    """DFME against FixedAnswer(p), served through ``api_defense`` (a spec) if given; a --mirror config gets
+    the attacker's copy of that defense."""
     cfg = DFMEConfig(query_budget=10_000, batch_size=2, nz=4, **kw)
-    victim = BlackBox(FixedAnswer(p), cfg.query_budget)
-    return DFME(cfg, victim, FixedStudent(S), Generator(nz=4, ngf=4, nc=1), len(p), CPU)
+    defense = api_defense and APIDefense(*parse_spec(api_defense))
+    victim = BlackBox(FixedAnswer(p), cfg.query_budget, defense=defense)
+    return DFME(cfg, victim, FixedStudent(S), Generator(nz=4, ngf=4, nc=1), len(p), CPU,
+                mirror=mirror(api_defense) if cfg.mirror else None)
 
 
 # ----------------------------------------------------------------------------- --logit_floor
@@ -163,6 +168,91 @@ def test_options_reach_the_config_and_the_settings_column_only_when_used():
     assert cfg.logit_floor == 1e-4 and "logit_floor=0.0001" in settings_text(cfg).split()
     cfg = dfme.make_config(dfme.parse(["--dataset", "synthetic", "--target", "probs", "--loss", "kl"]))
     assert "target=probs" in settings_text(cfg).split() and "loss=kl" in settings_text(cfg).split()
+
+
+# ----------------------------------------------------------------------------- --mirror (reverse sigmoid)
+
+RS = {"beta": 1.0, "gamma": 0.1}
+
+
+def hand_reverse_sigmoid(p, beta, gamma):
+    """misleader/api_defense.py's documented formula in plain Python: p clipped to [1e-9, 1 - 1e-9],
+    q = clip(p - beta * (sigmoid(gamma * logit(p)) - 1/2), 0, 1), normalised."""
+    q = []
+    for v in p:
+        c = min(max(v, 1e-9), 1 - 1e-9)
+        r = beta * (1 / (1 + math.exp(-gamma * math.log(c / (1 - c)))) - 0.5)
+        q.append(min(max(c - r, 0.0), 1.0))
+    return [v / sum(q) for v in q]
+
+
+def test_mirrored_losses_by_hand_in_student_and_generator_loss():
+    """--mirror 1: the clone's softmax goes through the API's reverse sigmoid before KL / L1 against the answers,
+    in the student's loss and in the generator's zeroth-order loss."""
+    served = hand_reverse_sigmoid(P, **RS)
+    attack = dfme_on(P, target="probs", loss="kl", mirror=True, api_defense="reverse_sigmoid:beta=1,gamma=0.1")
+    x = torch.tanh(X_PRE)
+    targets = attack.victim_targets(x)
+    assert torch.allclose(targets, torch.tensor([served] * 2), atol=1e-6)  # the API's answer, as served
+    hand = []
+    for i in range(2):
+        m = hand_reverse_sigmoid(hand_softmax(S[i]), **RS)
+        hand.append(sum(a * math.log(a / q) for a, q in zip(served, m)))
+    got = student_loss(torch.tensor(S), targets, "kl", "probs", attack.mirror)
+    assert got.item() == pytest.approx(sum(hand) / 2, rel=1e-5)
+    _, value = attack.generator_gradient(X_PRE, NO_STEP)
+    assert value.tolist() == pytest.approx([-v for v in hand], rel=1e-5)
+    m0 = hand_reverse_sigmoid(hand_softmax(S[0]), **RS)
+    l1 = per_sample_disagreement(torch.tensor(S[:1]), targets[:1], "l1", "probs", attack.mirror)
+    assert l1.item() == pytest.approx(sum(abs(a - q) for a, q in zip(served, m0)) / 4, rel=1e-5)
+    # and the gradient reaches the clone's logits through the mirrored defense (autograd against a difference)
+    z = torch.tensor(S, requires_grad=True)
+    student_loss(z, targets, "kl", "probs", attack.mirror).backward()
+    e = torch.zeros(2, 4, dtype=torch.float64)
+    e[0, 1] = 1e-4
+    zd = torch.tensor(S, dtype=torch.float64)
+    fd = (student_loss(zd + e, targets.double(), "kl", "probs", attack.mirror) -
+          student_loss(zd - e, targets.double(), "kl", "probs", attack.mirror)) / 2e-4
+    assert z.grad[0, 1].item() == pytest.approx(fd.item(), rel=1e-3)
+
+
+def test_mirroring_recovers_probabilities_that_reverse_sigmoid_hides():
+    """Free logits fitted to reverse-sigmoid answers: through the mirrored defense they land near the model's
+    own probabilities; fitted to the answers directly, they learn the distorted answers (what --mirror is for)."""
+    from misleader.api_defense import mirror
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(64, 10), 1)
+    answers = mirror("reverse_sigmoid:beta=1,gamma=0.1")(p)
+    l1 = {}
+    for mirrored in (None, mirror("reverse_sigmoid:beta=1,gamma=0.1")):
+        z = torch.zeros(64, 10, requires_grad=True)
+        opt = torch.optim.Adam([z], lr=0.05)
+        for _ in range(400):
+            opt.zero_grad()
+            student_loss(z, answers, "kl", "probs", mirrored).backward()
+            opt.step()
+        l1[mirrored is not None] = (torch.softmax(z.detach(), 1) - p).abs().sum(1).mean().item()
+    assert l1[True] < 0.1 < 0.3 < l1[False]  # measured: 0.05 and 0.40 (the answers are 0.40 L1 from p)
+
+
+@pytest.mark.parametrize("flags,msg", [
+    (["--target", "probs", "--mirror", "1"], "needs --api_defense reverse_sigmoid"),
+    (["--target", "probs", "--mirror", "1", "--api_defense", "rounding:decimals=1"], "got --api_defense rounding"),
+    (["--mirror", "1", "--api_defense", "reverse_sigmoid:beta=1,gamma=0.1"], "needs --target probs")])
+def test_mirror_without_a_mirrorable_defense_or_probability_targets_is_a_user_error(flags, msg):
+    for name in ("dfme", "disguide"):
+        entry = _entry(name)
+        with pytest.raises(UserError, match=msg):
+            entry.make_config(entry.parse(["--dataset", "synthetic", *flags]))
+
+
+def test_mirror_reaches_the_settings_column_only_when_used():
+    entry = _entry("disguide")
+    plain = entry.make_config(entry.parse(["--dataset", "synthetic", "--target", "probs"]))
+    assert not plain.mirror and "mirror" not in settings_text(plain)
+    cfg = entry.make_config(entry.parse(["--dataset", "synthetic", "--target", "probs", "--mirror", "1",
+                                         "--api_defense", "reverse_sigmoid:beta=1,gamma=0.1"]))
+    assert cfg.mirror is True and "mirror=True" in settings_text(cfg).split()
 
 
 # ----------------------------------------------------------------------------- DisGUIDE
@@ -265,8 +355,13 @@ def test_first_clone_and_generator_start_where_dfme_does():
     assert not torch.equal(c1.state_dict()["classifier.2.weight"], c2.state_dict()["classifier.2.weight"])
 
 
-def test_disguide_smoke_run_through_load_sh_writes_one_row(tmp_path):
-    """CONFIG=smoke's disguide_attack (configs/load.sh) against a saved teacher: one row, attack disguide."""
+MIRRORING = "--api_defense reverse_sigmoid:beta=1,gamma=0.1 --target probs --loss kl --mirror 1"
+
+
+@pytest.mark.parametrize("extra", ["", MIRRORING])
+def test_disguide_smoke_run_through_load_sh_writes_one_row(tmp_path, extra):
+    """CONFIG=smoke's disguide_attack (configs/load.sh) against a saved teacher: one row, attack disguide; the
+    same behind reverse sigmoid with the attacker mirroring it."""
     for d in ("configs", "DFME"):
         os.makedirs(tmp_path / d)
     for f in os.listdir(os.path.join(REPO, "configs")):
@@ -278,7 +373,8 @@ def test_disguide_smoke_run_through_load_sh_writes_one_row(tmp_path):
     env = {**os.environ, "CONFIG": "smoke", "MISLEADER_OFFLINE": "1", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1",
            "DEVICE": "cpu", "PROGRESS": "0", "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     # 0.001M = 1000 queries at 32 * 5 = 160 per iteration (smoke's DFME_BATCH=32): 6 iterations, 960 queries
-    cmd = "set -euo pipefail; source configs/load.sh; disguide_attack teacher 0 --victim teacher --query_budget 0.001"
+    cmd = ("set -euo pipefail; source configs/load.sh; "
+           f"disguide_attack teacher 0 --victim teacher --query_budget 0.001 {extra}")
     proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     with open(tmp_path / "results" / "results.csv") as f:
@@ -288,6 +384,8 @@ def test_disguide_smoke_run_through_load_sh_writes_one_row(tmp_path):
     assert row["attack"] == "disguide" and row["victim"] == "teacher" and row["config"] == "smoke"
     assert int(row["queries_used"]) == 960 <= int(row["query_budget"]) == 1000
     assert "replay_batch=64" in row["settings"].split() and "batch_size=32" in row["settings"].split()
+    assert ("mirror=True" in row["settings"].split()) == bool(extra)
+    assert row["api_defense"] == ("reverse_sigmoid:beta=1,gamma=0.1" if extra else "none")
     saved = torch.load(tmp_path / row["attack_path"], weights_only=True)
     assert "clone2" in saved and "generator" in saved
     assert not os.path.exists(checkpoint.state_path(str(tmp_path / row["attack_path"])))  # finished: none left
