@@ -175,7 +175,8 @@ def final_dfme(rows, key, grid_info, budget=None):
     largest of its generator-attack rows), with the strongest grid setting of its model (the label) when that
     grid is complete, else the setting with the most seeds at that budget. A victim with an API defense is
     attacked with its bare model's strongest setting and, where more settings were tried on it (attackers aware
-    of the defense), the one with the best validation accuracy. (None, None, []) without such rows."""
+    of the defense), the one with the best mean validation accuracy on the seeds they all have (on all of each
+    one's seeds when they share none). (None, None, []) without such rows."""
     cand = _generator_rows(rows, key)
     if budget is None and cand:
         budget = max(num(rows[i], "query_budget", i, int) for i in cand)
@@ -186,12 +187,13 @@ def final_dfme(rows, key, grid_info, budget=None):
     if grid_info is not None:
         best, _ = strongest(rows, key[0], grid_info[2], grid_info[0], grid_info[1])
     if key[1] != "none":  # a defended API may meet attackers aware of it: the strongest on validation of those tried
-        val = {}
+        by_setting = {}
         for i in at:
-            if rows[i].get("clone_val_acc"):
-                name = field(rows[i], "setting")
-                val[name] = max(val.get(name, 0.0), float(rows[i]["clone_val_acc"]))
-        best = max(val, key=lambda n: (val[n], n == best)) if val else best
+            by_setting.setdefault(field(rows[i], "setting"), []).append(i)
+        val = {n: v for n, v in ((n, _val_by_seed(rows, idx)) for n, idx in by_setting.items()) if v}
+        shared = set.intersection(*map(set, val.values())) if val else set()  # compared on the seeds all share
+        score = {n: mean([v[s] for s in (shared or v)]) for n, v in val.items()}
+        best = max(score, key=lambda n: (score[n], n == best)) if score else best
     name, idx = _choose_setting(rows, at, best)
     return name, budget, idx
 

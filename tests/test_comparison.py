@@ -166,6 +166,17 @@ def test_a_setting_without_a_usable_validation_accuracy_is_not_chosen_over_one_w
     assert (name, budget, idx) == ("b", 1000000, [1])
 
 
+def test_a_defended_victims_settings_are_compared_on_mean_validation_over_shared_seeds_not_a_lucky_one():
+    rd = {"api_defense": "rounding:decimals=1"}
+    rows = [_row("teacher", setting="a", val="0.70", **rd), _row("teacher", setting="a", seed=1, val="0.90", **rd),
+            _row("teacher", setting="b", val="0.80", **rd)]  # on seed 0, the one both have, b is stronger
+    name, _, idx = comparison.final_dfme(rows, ("teacher", "rounding:decimals=1"), None)
+    assert (name, idx) == ("b", [2])
+    rows += [_row("teacher", setting="b", seed=1, val="0.60", **rd)]  # on seeds 0, 1: a 0.80, b 0.70
+    name, _, idx = comparison.final_dfme(rows, ("teacher", "rounding:decimals=1"), None)
+    assert (name, idx) == ("a", [0, 1])
+
+
 def test_an_incomplete_grid_is_said_and_its_best_on_validation_used():
     rows = [_row("teacher", setting="a", val="0.50", clone="0.70"), _row("teacher", setting="b", val="0.60", clone="0.65"),
             _row("teacher", setting="c", val="0.55", clone="0.60"), _row("misleader", setting="a", val="0.40", clone="0.45"),
