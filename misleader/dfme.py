@@ -91,7 +91,7 @@ class DFMEConfig:
 
 
 def check_targets(cfg, num_classes=None):
-    """The target options (--loss, --target, --logit_floor) of an attack config, as UserErrors; with
+    """The target options (--loss, --target, --logit_floor, --mirror) of an attack config, as UserErrors; with
     ``num_classes``, also that the floor leaves room for an answer (floor * classes < 1)."""
     if cfg.loss not in ("l1", "kl"):
         raise UserError(f"--loss must be l1 or kl, got {cfg.loss}")
@@ -277,7 +277,7 @@ class DFME:
         Returns (gradient, L at x_pre)."""
         cfg = self.cfg
 
-        def loss_at(points):  # what the generator maximises, per point; float32 throughout
+        def loss_at(points):  # what the generator maximises, per point; float32 (a mirrored defense: float64 inside)
             x = self.to_query(torch.tanh(points))
             return -per_sample_disagreement(self.student(x).float(), self.victim_targets(x), cfg.loss, cfg.target,
                                             self.mirror)

@@ -9,8 +9,8 @@ replay_batch earlier queries and answers drawn from the replay buffer). Queries 
 batch_size * d_iter.
 
 What is the paper's and what is chosen here: see DFME/disguide.py's help. The loop, schedule, query mapping,
-target options (loss, target, logit_floor) and resumable state are DFME's (misleader.dfme); the reported clone
-is the first one, ``student``.
+target options (loss, target, logit_floor, mirror: the clone steps only) and resumable state are DFME's
+(misleader.dfme); the reported clone is the first one, ``student``.
 """
 
 from dataclasses import dataclass

@@ -11,6 +11,7 @@ from misleader import api_defense
 from misleader.attack import AttackStage, add_attack_flags
 from misleader.cli import Parser
 from misleader.dfme import settings_text
+from misleader.errors import UserError
 from misleader.evaluate import clone_metrics
 from misleader.progress import progress_bar
 from misleader.runlog import RunLog
@@ -77,7 +78,11 @@ def config_from_flags(cls, args):
 
 
 def attacker_mirror(cfg, args):
-    """With --mirror 1, the attacker's copy of the API's published defense (--api_defense), else None."""
+    """With --mirror 1, the attacker's copy of the API's published defense (--api_defense), else None. A
+    label-only API is refused: its one-hot answers are no defended probabilities to compare with."""
+    if cfg.mirror and args.victim_output == "label":
+        raise UserError("--mirror 1 compares the clone's defended probabilities with the API's; a label-only API "
+                        "(--victim_output label) answers labels")
     return api_defense.mirror(args.api_defense) if cfg.mirror else None
 
 

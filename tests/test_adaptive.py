@@ -18,7 +18,7 @@ import torch.nn as nn
 from helpers import Counting
 
 from misleader import checkpoint
-from misleader.api_defense import APIDefense, mirror, parse_spec
+from misleader.api_defense import APIDefense, mirror, parse_spec, reverse_sigmoid
 from misleader.dfme import DFME, DFMEConfig, answer_targets, attacker_models, settings_text
 from misleader.disguide import (DisGUIDE, DisGUIDEConfig, Replay, class_diversity, clone_disagreement,
                                 disguide_models, generator_loss)
@@ -219,7 +219,6 @@ def test_mirrored_losses_by_hand_in_student_and_generator_loss():
 def test_mirroring_recovers_probabilities_that_reverse_sigmoid_hides():
     """Free logits fitted to reverse-sigmoid answers: through the mirrored defense they land near the model's
     own probabilities; fitted to the answers directly, they learn the distorted answers (what --mirror is for)."""
-    from misleader.api_defense import mirror
     torch.manual_seed(0)
     p = torch.softmax(torch.randn(64, 10), 1)
     answers = mirror("reverse_sigmoid:beta=1,gamma=0.1")(p)
@@ -237,6 +236,8 @@ def test_mirroring_recovers_probabilities_that_reverse_sigmoid_hides():
 
 @pytest.mark.parametrize("flags,msg", [
     (["--target", "probs", "--mirror", "1"], "needs --api_defense reverse_sigmoid"),
+    (["--target", "probs", "--mirror", "1", "--api_defense", "reverse_sigmoid:beta=1,gamma=0.1", "--victim_output",
+      "label"], "label-only API"),
     (["--target", "probs", "--mirror", "1", "--api_defense", "rounding:decimals=1"], "got --api_defense rounding"),
     (["--mirror", "1", "--api_defense", "reverse_sigmoid:beta=1,gamma=0.1"], "needs --target probs")])
 def test_mirror_without_a_mirrorable_defense_or_probability_targets_is_a_user_error(flags, msg):
@@ -298,6 +299,26 @@ def make_disguide(budget=1000, **kw):
     c1, g, c2 = disguide_models("lenet5fifth", 10, 1, 16, 8, seed=0)
     attack = DisGUIDE(cfg, victim, (c1, c2), g, 10, CPU, seed=0)
     return attack, victim, victim_model
+
+
+def test_disguide_mirrored_clone_step_by_hand():
+    """DisGUIDE --mirror 1 behind reverse sigmoid: each clone's loss is KL(served answer || reverse sigmoid of the
+    clone's softmax), averaged over the two clones."""
+    spec = "reverse_sigmoid:beta=1,gamma=0.1"
+    torch.manual_seed(0)
+    cfg = DisGUIDEConfig(query_budget=1000, batch_size=16, epoch_itrs=3, nz=16, replay_batch=8, loss="kl",
+                         target="probs", mirror=True)
+    teacher = create_model("lenet5fifth", 10, 1)
+    victim = BlackBox(teacher, cfg.query_budget, defense=APIDefense(*parse_spec(spec)))
+    c1, g, c2 = disguide_models("lenet5fifth", 10, 1, 16, 8, seed=0)
+    attack = DisGUIDE(cfg, victim, (c1, c2), g, 10, CPU, seed=0, mirror=mirror(spec))
+    x = torch.randn(16, 1, 32, 32)
+    attack.sample = lambda grad=False, pre_x=False: x
+    with torch.no_grad():
+        served = reverse_sigmoid(torch.softmax(teacher(x), 1), x, 1.0, 0.1)
+        hand = [(served * (served / reverse_sigmoid(torch.softmax(c(x), 1), x, 1.0, 0.1)).log()).sum(1).mean()
+                for c in (c1, c2)]
+    assert attack.student_step().item() == pytest.approx(sum(hand).item() / 2, rel=1e-5)
 
 
 def test_disguide_query_count_equals_its_victim_calls():
