@@ -41,7 +41,8 @@ HELP = {"batch_size": "fresh generator batch per step (queries per clone step)",
         "g_iter": "generator steps per iteration (no queries)", "d_iter": "clone steps per iteration",
         "lr_S": "clone SGD learning rate", "lr_G": "generator Adam learning rate", "momentum": "clone SGD momentum",
         "weight_decay": "clone SGD weight decay", "loss": "clone loss, as DFME/dfme.py's",
-        "target": "what the clones match: recovered logits or the victim's probabilities (DFME/dfme.py)",
+        "target": "what the clones match: recovered logits, the victim's probabilities or the top-1 label of each "
+                  "answer (DFME/dfme.py)",
         "logit_floor": "probabilities below this are raised to it before log p (DFME/dfme.py); 0: off",
         "steps": "multistep milestones as fractions of the epochs (as DFME/dfme.py)",
         "query_range": "what the generator's tanh output means to the victim (as DFME/dfme.py)"}

@@ -58,11 +58,12 @@ API_DEFENSES=(
 # distribution: answered by the model itself) and DisGUIDE (the strongest data-free attack on MISLEADER: its
 # replayed, disagreement-seeking queries may land where the misinformation does not fire); rounding, top-k and
 # reverse sigmoid also meet DisGUIDE with the KL loss on the answers (DFME's L1 on recovered logits turns an exact
-# 0 into a target logit near -87); reverse sigmoid also meets DisGUIDE-kl passing its clones' probabilities through
-# the published transform before the loss (--mirror 1: the attacker knows the formula and beta, gamma)
-AWARE_GRID=("mirror disguide --loss kl --target probs --mirror 1")
+# 0 into a target logit near -87); reverse sigmoid, which bends the probabilities and keeps the argmax of confident
+# answers, also meets DisGUIDE-kl passing its clones' probabilities through the published transform before the loss
+# (--mirror 1: the attacker knows the formula and beta, gamma) and DisGUIDE on the top-1 label of each answer
+AWARE_GRID=("mirror disguide --loss kl --target probs --mirror 1" "top1 disguide --loss kl --target label")
 AWARE_SETTINGS=("data adaptive_misinformation" "disguide adaptive_misinformation" "kl rounding topk reverse_sigmoid"
-                "mirror reverse_sigmoid")
+                "mirror reverse_sigmoid" "top1 reverse_sigmoid")
 # the search's best candidates, for the paired 2M runs: adaptive misinformation at tau 0.515 took 21.7 points off
 # the teacher's strongest data-free clone at 1.6 points of utility cost (1M, seed 0, against `kl`, its strongest)
 FINAL_DEFENSES=("adaptive_misinformation:tau=0.515,nu=1000,model=Defense/cache/misinfo/fashionmnist-lenet5.pt")

@@ -7,8 +7,9 @@ The attack holds nothing but the BlackBox; evaluation of the clone happens in a 
 Two options adapt the attacker to a defense whose answers put many classes near zero probability (both off
 by default, DFME as published): ``logit_floor`` raises probabilities below it to it before log p and the mean
 correction, and ``target="probs"`` has the student match the victim's probabilities instead of recovered
-logits; either applies to the student's targets and to the generator's zeroth-order loss alike. A third,
-``mirror`` (with ``target="probs"``), adapts it to a published output defense given by a formula (reverse
+logits (``target="label"``: the top-1 label of each answer, for a defense that bends the probabilities but
+keeps their argmax); either applies to the student's targets and to the generator's zeroth-order loss alike. A
+third, ``mirror`` (with ``target="probs"``), adapts it to a published output defense given by a formula (reverse
 sigmoid): the student's probabilities pass through the same defense before they are compared with the answers.
 """
 
@@ -96,20 +97,20 @@ def check_targets(cfg, num_classes=None):
     if cfg.loss not in ("l1", "kl"):
         raise UserError(f"--loss must be l1 or kl, got {cfg.loss}")
     if cfg.target not in TARGETS:
-        raise UserError(f"--target must be logits or probs, got {cfg.target}")
+        raise UserError(f"--target must be {', '.join(TARGETS)}, got {cfg.target}")
     if not 0 <= cfg.logit_floor < 1:
         raise UserError(f"--logit_floor must be in [0, 1), got {cfg.logit_floor:g}")
     if num_classes is not None and cfg.logit_floor * num_classes >= 1:
         raise UserError(f"--logit_floor {cfg.logit_floor:g} times {num_classes} classes is not below 1: every "
                         "answer would be flattened to the uniform distribution")
-    if cfg.logit_floor and cfg.target == "probs":
-        raise UserError("--logit_floor clips recovered logits; it has no effect with --target probs")
+    if cfg.logit_floor and cfg.target != "logits":
+        raise UserError(f"--logit_floor clips recovered logits; it has no effect with --target {cfg.target}")
     if cfg.mirror and cfg.target != "probs":
         raise UserError("--mirror 1 compares the clone's probabilities, passed through the API's defense, with the "
                         "answers: it needs --target probs")
-    if cfg.probs_as_logits and (cfg.logit_floor or cfg.target == "probs"):
+    if cfg.probs_as_logits and (cfg.logit_floor or cfg.target != "logits"):
         raise UserError("--probs_as_logits 1 reproduces earlier code's handicap; it cannot be combined with "
-                        "--logit_floor or --target probs")
+                        f"--logit_floor or --target {cfg.target}")
 
 
 def answer_targets(answer, output, num_classes, target="logits", logit_floor=0.0, probs_as_logits=False):
@@ -118,10 +119,13 @@ def answer_targets(answer, output, num_classes, target="logits", logit_floor=0.0
     target "logits" (DFME): probabilities are raised to ``logit_floor`` (0: off), then log p minus its mean
     (victim.logits_from_probs); a raw-logits answer is centred, or with a floor taken through its softmax
     first; a label answer (label-only API) is the one-hot vector minus its mean (no floor). target "probs": the
-    probabilities (softmax of a raw-logits answer; the one-hot vector of a label)."""
+    probabilities (softmax of a raw-logits answer; the one-hot vector of a label). target "label": the one-hot
+    vector of the answer's top-1 class, whatever the API served (an attacker that keeps only the argmax)."""
+    if target == "label" and output != "label":
+        answer, output = answer.argmax(1), "label"
     if output == "label":
         answer = F.one_hot(answer, num_classes).float()
-        return answer if target == "probs" else answer - answer.mean(1, keepdim=True)
+        return answer if target in ("probs", "label") else answer - answer.mean(1, keepdim=True)
     if output != "probs" and (target == "probs" or logit_floor):
         answer, output = F.softmax(answer.float(), 1), "probs"
     if output != "probs":

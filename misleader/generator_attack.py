@@ -38,10 +38,12 @@ FLAGS = {"batch_size": (int, "generator / student batch size"), "epoch_itrs": (i
          "logit_floor": (float, "adaptive attacker: probabilities below this (e.g. 1e-4) are raised to it before "
                                 "log p and the mean correction, in the student's targets and the generator's loss "
                                 "alike; 0: off (DFME as published)"),
-         "target": (["logits", "probs"], "what the student matches: recovered logits (DFME) or the victim's "
-                                         "probabilities (l1 between softmax outputs; with --loss kl, KL(victim || "
-                                         "student), which equals the logits target's KL up to rounding); the "
-                                         "generator maximises the same disagreement"),
+         "target": (["logits", "probs", "label"], "what the student matches: recovered logits (DFME), the "
+                                                  "victim's probabilities (l1 between softmax outputs; with --loss "
+                                                  "kl, KL(victim || student), which equals the logits target's KL "
+                                                  "up to rounding) or, adaptive attacker, the top-1 label of each "
+                                                  "answer as a one-hot vector (compared as probs: with --loss kl, "
+                                                  "cross-entropy); the generator maximises the same disagreement"),
          "mirror": ([0, 1], "adaptive attacker: 1 passes the clone's probabilities through the API's own output "
                             "defense (its published formula and --api_defense parameters; reverse_sigmoid only) "
                             "before comparing them with the answers; needs --target probs. 0: off")}

@@ -37,7 +37,7 @@ def surrogate_loss(member_proxy, surrogate_proxy):
     return clamped_kl(member_proxy.detach(), surrogate_proxy)
 
 
-TARGETS = ("logits", "probs")
+TARGETS = ("logits", "probs", "label")  # "label": the answer's top-1 as a one-hot vector, compared as "probs"
 MIRROR_FLOOR = 1e-12  # a mirrored clone answer inside the KL's log is clamped here (reverse sigmoid clips at 0)
 
 
@@ -47,8 +47,9 @@ def student_loss(student_logits, target, kind="l1", space="logits", mirror=None)
     victim's probabilities; L1 between softmax(student) and them, or the same KL(victim || student).
     ``mirror`` (space "probs" only): a differentiable map of probabilities applied to softmax(student) first, the
     attacker's copy of a published output defense (misleader.api_defense.mirror), so the clone's answers are
-    compared with the API's as the API would have served them."""
-    if space == "probs":
+    compared with the API's as the API would have served them. space "label": ``target`` holds one-hot vectors
+    (the top-1 of each answer), compared as in "probs" (KL is then the cross-entropy)."""
+    if space in ("probs", "label"):
         return per_sample_disagreement(student_logits, target, kind, space, mirror).mean()
     if space != "logits":
         raise ValueError(f"unknown target space '{space}'")
@@ -69,12 +70,12 @@ def per_sample_disagreement(student_logits, target, kind="l1", space="logits", m
         raise ValueError(f"unknown loss '{kind}'")
     if mirror is not None:
         if space != "probs":
-            raise ValueError("a mirrored defense applies to probabilities: use space 'probs'")
+            raise ValueError("a mirrored defense applies to the answers' probabilities: use space 'probs'")
         served = mirror(F.softmax(student_logits, 1))
         if kind == "l1":
             return (served - target).abs().mean(1)
         return (torch.xlogy(target, target) - target * served.clamp(min=MIRROR_FLOOR).log()).sum(1)
-    if space == "probs":
+    if space in ("probs", "label"):
         if kind == "l1":
             return (F.softmax(student_logits, 1) - target).abs().mean(1)
         return (torch.xlogy(target, target) - target * F.log_softmax(student_logits, 1)).sum(1)

@@ -142,11 +142,39 @@ def test_probs_target_kl_by_hand_and_equal_to_the_logits_kl():
                                              rel=1e-5)
 
 
+# ----------------------------------------------------------------------------- --target label
+
+def test_label_target_is_the_answers_top1_whatever_was_served():
+    p = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+    want = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert torch.equal(answer_targets(p, "probs", 3, "label"), want)
+    assert torch.equal(answer_targets(p.log() + 7.0, "logits", 3, "label"), want)  # raw logits: the same top-1
+    assert torch.equal(answer_targets(torch.tensor([1, 0]), "label", 3, "label"), want)  # a label-only API
+
+
+def test_label_target_by_hand_in_student_and_generator_loss():
+    """--target label with --loss kl: cross-entropy of the student on the top-1 of each answer, in the student's
+    loss and (negated) in the generator's; with l1, the L1 between softmax and the one-hot vector."""
+    attack = dfme_on(P, target="label", loss="kl")
+    targets = attack.victim_targets(torch.tanh(X_PRE))
+    assert torch.equal(targets, torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 2))
+    ce = [-math.log(hand_softmax(S[i])[0]) for i in range(2)]
+    assert student_loss(torch.tensor(S), targets, "kl", "label").item() == pytest.approx(sum(ce) / 2, rel=1e-5)
+    _, value = attack.generator_gradient(X_PRE, NO_STEP)
+    assert value.tolist() == pytest.approx([-v for v in ce], rel=1e-5)
+    l1 = [(sum(hand_softmax(S[i])[1:]) + 1 - hand_softmax(S[i])[0]) / 4 for i in range(2)]
+    assert student_loss(torch.tensor(S), targets, "l1", "label").item() == pytest.approx(sum(l1) / 2, rel=1e-5)
+
+
 @pytest.mark.parametrize("kw,msg", [({"target": "probs", "logit_floor": 1e-4}, "no effect with --target probs"),
                                     ({"probs_as_logits": True, "logit_floor": 1e-4}, "cannot be combined"),
                                     ({"probs_as_logits": True, "target": "probs"}, "cannot be combined"),
                                     ({"logit_floor": 0.3}, "times 4 classes"),
-                                    ({"logit_floor": -1.0}, r"in \[0, 1\)"), ({"target": "x"}, "logits or probs")])
+                                    ({"logit_floor": -1.0}, r"in \[0, 1\)"),
+                                    ({"target": "x"}, "logits, probs, label"),
+                                    ({"target": "label", "logit_floor": 1e-4}, "no effect with --target label"),
+                                    ({"target": "label", "mirror": True,
+                                      "api_defense": "reverse_sigmoid:beta=1,gamma=0.1"}, "needs --target probs")])
 def test_bad_target_options_are_user_errors(kw, msg):
     with pytest.raises(UserError, match=msg):
         dfme_on(P, **kw)
