@@ -83,6 +83,7 @@ class AttackStage:
                                                                args.ensemble_tag, args.teacher_tag,
                                                                args.victim_weights)
         self.label = args.label or victim_label
+        self.commit = git_commit()  # the code that runs, read now: a checkout that moves on mid-run does not change it
         self.defense = api_defense.build(args.api_defense, info)
         # a defended run, a label-only API or another variant of the attack (e.g. Knockoff's pool): its own files
         name = self.label + (f"+{self.defense.slug}" if self.defense else "") + \
@@ -135,7 +136,7 @@ class AttackStage:
                "fidelity": f"{fidelity:.4f}", "seed": a.seed, "probs_as_logits": int(getattr(a, "probs_as_logits", 0)),
                "query_range": getattr(a, "query_range", ""), "label": self.label, "config": a.config,
                "settings": settings, "victim_path": self.victim_path, "run_dir": log_dir, "attack_path": self.out,
-               "wall_s": f"{wall:.1f}", "git_commit": git_commit(), "date": datetime.date.today().isoformat(),
+               "wall_s": f"{wall:.1f}", "git_commit": self.commit, "date": datetime.date.today().isoformat(),
                "api_defense": a.api_defense, "served_acc": f"{self.served_acc:.4f}",
                "served_l1": f"{self.served_l1:.6f}", "setting": a.setting, "clone_val_acc": f"{val_acc:.4f}"}
         if not (a.resume and has_row(a.results, self.out)):  # a run killed after writing its row adds it once

@@ -319,6 +319,25 @@ def test_every_defense_runs_through_an_attack_and_its_row_holds_the_served_utili
     assert all(ok for *_, ok in report.verify(results))  # victim_acc and fidelity are the raw model's
 
 
+def test_a_row_records_the_commit_of_the_code_that_ran_not_a_later_checkout(world, monkeypatch):
+    """A long run whose checkout moves on (git pull mid-run) records the commit read when it started."""
+    from misleader import attack
+    monkeypatch.chdir(world)
+    checkout = {"commit": "started"}
+    monkeypatch.setattr(attack, "git_commit", lambda: checkout["commit"])
+    finish = attack.AttackStage.finish
+
+    def pulled_then_finish(self, *a, **kw):  # the checkout moves on while the attack trains
+        checkout["commit"] = "pulled"
+        return finish(self, *a, **kw)
+    monkeypatch.setattr(attack.AttackStage, "finish", pulled_then_finish)
+    results = str(world / "commit.csv")
+    _script("DFME", "knockoff.py").main(["--dataset", "synthetic", "--victim", "teacher", "--pool", "synthetic",
+                                        "--query_budget", "0.0003", "--epochs", "1", "--progress", "0",
+                                        "--results", results, "--log_dir", "runs", "--tag", "commit"])
+    assert [r["git_commit"] for r in read_rows(results)] == ["started"]
+
+
 def test_choose_tau_picks_thresholds_on_validation_and_its_spec_serves_within_the_cost(world, monkeypatch, capsys):
     monkeypatch.chdir(world)
     misinfo = paths.misinfo_path("synthetic", "lenet5fifth")
