@@ -135,9 +135,10 @@ def mirror(spec):
     with the answers). A defense not in MIRRORABLE is a UserError.
 
     Reverse sigmoid is not one-to-one: at beta 1, gamma 0.1 a class's answer falls as its probability grows from 0
-    to about 0.025, rises up to about 0.975 and falls again, and the clip at 1e-9 stops the gradient beyond it. A clone fitted through the
-    copy can therefore settle on another probability with the same answer; one that is confident and wrong gets
-    no gradient out of it. The copy makes the comparison exact, not the inversion unique."""
+    to about 0.025, rises up to about 0.975 and falls again, and the clip at 1e-9 stops the gradient beyond it. A
+    clone fitted through the copy can therefore settle on another probability with the same answer; one that is
+    confident and wrong gets no gradient out of it. The copy makes the comparison exact, not the inversion
+    unique."""
     name, params = parse_spec(spec)
     if name not in MIRRORABLE:
         raise UserError(f"--mirror 1 copies the API's output defense onto the clone; it needs --api_defense "

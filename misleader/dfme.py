@@ -51,7 +51,7 @@ class DFMEConfig:
     query_range: str = "tanh"  # "tanh": tanh(G(z)) is the normalized input (DFME); "data": see query_map
     # Attackers that adapt to a defense whose answers put classes near zero probability (off: DFME as published)
     logit_floor: float = 0.0  # probabilities below it are raised to it before log p and the mean correction
-    target: str = "logits"  # what the student matches: recovered logits (DFME) or the victim's probabilities
+    target: str = "logits"  # what the student matches: recovered logits (DFME), the probabilities or top-1 labels
     mirror: bool = False  # the attacker applies the API's published output defense to its clone's probabilities
 
     # not fields: how a subclass (misleader.disguide's config) differs

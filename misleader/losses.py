@@ -39,6 +39,7 @@ def surrogate_loss(member_proxy, surrogate_proxy):
 
 TARGETS = ("logits", "probs", "label")  # "label": the answer's top-1 as a one-hot vector, compared as "probs"
 MIRROR_FLOOR = 1e-12  # a mirrored clone answer inside the KL's log is clamped here (reverse sigmoid clips at 0)
+MIRROR_SPACE = "a mirrored defense applies to the answers' probabilities: use space 'probs'"
 
 
 def student_loss(student_logits, target, kind="l1", space="logits", mirror=None):
@@ -54,7 +55,7 @@ def student_loss(student_logits, target, kind="l1", space="logits", mirror=None)
     if space != "logits":
         raise ValueError(f"unknown target space '{space}'")
     if mirror is not None:
-        raise ValueError("a mirrored defense applies to probabilities: use space 'probs'")
+        raise ValueError(MIRROR_SPACE)
     if kind == "l1":
         return F.l1_loss(student_logits, target)
     if kind == "kl":
@@ -70,7 +71,7 @@ def per_sample_disagreement(student_logits, target, kind="l1", space="logits", m
         raise ValueError(f"unknown loss '{kind}'")
     if mirror is not None:
         if space != "probs":
-            raise ValueError("a mirrored defense applies to the answers' probabilities: use space 'probs'")
+            raise ValueError(MIRROR_SPACE)
         served = mirror(F.softmax(student_logits, 1))
         if kind == "l1":
             return (served - target).abs().mean(1)
