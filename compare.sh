@@ -10,6 +10,7 @@
 #   3. final  DFME at QUERY_BUDGET with each victim's strongest grid setting (the highest clone accuracy on the
 #             validation split, never the test set): paired seeds COMPARE_SEEDS for teacher and MISLEADER,
 #             VARIANT_SEEDS for the other two; the API_DEFENSES and MISLEADER_VARIANTS searched at GRID_BUDGET
+#             (a variant: MISLEADER's strongest setting and VARIANT_GRID's)
 # Finished runs are skipped (RESUME=1), so compare.sh can be rerun after an interruption; it ends with report.sh.
 #   CONFIG=smoke bash compare.sh
 #   CONFIG=fashionmnist bash compare.sh --list [train|ensembles|grid|final]
@@ -89,6 +90,9 @@ aware_for() {  # spec: the AWARE_SETTINGS settings that apply to this defense
 }
 for d in "${FINAL_DEFENSES[@]}"; do
     in_list "$d" "${API_DEFENSES[@]}" || { echo "error: FINAL_DEFENSES: '$d' is not one of API_DEFENSES" >&2; exit 2; }
+done
+for name in "${VARIANT_GRID[@]}"; do
+    in_list "$name" "${NAMES[@]}" || { echo "error: VARIANT_GRID: '$name' is not a DFME_GRID setting (${NAMES[*]})" >&2; exit 2; }
 done
 
 # phase 1 in two steps: the members (independent runs), then the ensembles that read them
@@ -257,11 +261,18 @@ if phase final; then
             done
         done
     done
-    # MISLEADER_VARIANTS: MISLEADER's strongest setting at GRID_BUDGET, seed GRID_SEED (the search)
+    # MISLEADER_VARIANTS: MISLEADER's strongest setting and VARIANT_GRID's at GRID_BUDGET, seed GRID_SEED (the search)
     for victim in "${KNOBS[@]}"; do
-        [ ${#NAMES[@]} -gt 0 ] && [ -z "${BEST[misleader]:-}" ] && continue  # waits for MISLEADER's grid
-        # shellcheck disable=SC2086
-        best_attack "$victim" "$GRID_SEED" "$GRID_BUDGET" "$GRID_TAG" "${BEST[misleader]:-}" ${VICTIM[$victim]}
+        if [ ${#NAMES[@]} -eq 0 ]; then
+            # shellcheck disable=SC2086
+            dfme_attack "$victim" "$GRID_SEED" ${VICTIM[$victim]}
+            continue
+        fi
+        [ -z "${BEST[misleader]:-}" ] && continue  # waits for MISLEADER's grid
+        for name in $(printf '%s\n' "${BEST[misleader]}" "${VARIANT_GRID[@]}" | awk '!seen[$0]++'); do
+            # shellcheck disable=SC2086
+            best_attack "$victim" "$GRID_SEED" "$GRID_BUDGET" "$GRID_TAG" "$name" ${VICTIM[$victim]}
+        done
     done
     if [ "$COMPARE_EXTRAS" = 1 ]; then
         seed="${COMPARE_SEEDS[0]}"
@@ -275,4 +286,4 @@ if phase final; then
 fi
 
 [ "$LIST" = 1 ] || bash report.sh --config "$CONFIG" ${NAMES[0]:+--grid "${NAMES[@]}"} \
-    ${AWARE_SETTINGS[0]:+--aware "${AWARE_SETTINGS[@]}"}
+    ${AWARE_SETTINGS[0]:+--aware "${AWARE_SETTINGS[@]}"} ${VARIANT_GRID[0]:+--variant_grid "${VARIANT_GRID[@]}"}

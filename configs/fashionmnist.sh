@@ -70,3 +70,6 @@ FINAL_DEFENSES=("adaptive_misinformation:tau=0.515,nu=1000,model=Defense/cache/m
 # MISLEADER's own knobs on the same plot (the MNIST-like values are unpublished): each an ensemble of the members
 # retrained with the knob, attacked like the API defenses (base: lambda 0.5, a_iter 1)
 MISLEADER_VARIANTS=("lam0.1 --lambda_ 0.1" "lam1 --lambda_ 1" "lam2 --lambda_ 2" "aiter3 --a_iter 3" "aiter5 --a_iter 5")
+# the variants meet MISLEADER's strongest setting (disguide) and kl, the strongest on the teacher, the lambda = 0 and
+# the homogeneous ensembles (1M, seed 0; the controls' grids are not complete yet)
+VARIANT_GRID=(kl)

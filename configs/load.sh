@@ -35,6 +35,8 @@ AWARE_SETTINGS=()      # "setting [defense name...]": a grid setting the defende
                        # API_DEFENSES); without, every defense
 MISLEADER_VARIANTS=()  # "name flags...": the config's members retrained with other MISLEADER knobs (e.g. "lam1 --lambda_ 1",
                        # "aiter3 --a_iter 3") into ensemble <tag>-name, label misleader-name; searched like API_DEFENSES
+VARIANT_GRID=()        # DFME_GRID settings the MISLEADER_VARIANTS also meet, besides MISLEADER's strongest (e.g. those
+                       # strongest on the other ensembles); each variant's strongest of them on validation counts
 COMPARE_EXTRAS=0       # 1: also DFME on each member alone and on MISLEADER with --probs_as_logits (first seed)
 LIST="${LIST:-0}"      # 1: stage functions print their command line instead of running it (compare.sh --list)
 DEVICE="${DEVICE:-auto}"     # environment may override: DEVICE=cpu bash test.sh

@@ -16,6 +16,8 @@ from misleader.results import earlier_value
 
 GENERATOR_ATTACKS = ("dfme", "maze", "disguide")  # the data-free attacks of the DFME grid
 TEACHER = "teacher"
+MISLEADER = "misleader"
+VARIANT_PREFIX = "misleader-"  # compare.sh's label of a MISLEADER_VARIANTS ensemble: misleader-NAME
 # two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
@@ -266,11 +268,23 @@ def search_missing(rows, key, grid_info, bare, aware=()):
     return strongest(rows, key[0], expected, grid_info[0], grid_info[1], key[1])[1]
 
 
-def headline(rows, grid_names=None, aware=()):
+def variant_missing(rows, key, grid_info, variant_grid=()):
+    """The settings of a MISLEADER variant's data-free search (MISLEADER's strongest grid setting, then those of
+    ``variant_grid``, compare.sh's VARIANT_GRID) without a run yet at the grid's budget and seed; MISLEADER's own
+    missing grid settings while its grid is incomplete (the variants wait for it)."""
+    bare, missing = strongest(rows, MISLEADER, grid_info[2], grid_info[0], grid_info[1])
+    if bare is None:
+        return missing
+    expected = list(dict.fromkeys([bare, *variant_grid]))
+    return strongest(rows, key[0], expected, grid_info[0], grid_info[1], key[1])[1]
+
+
+def headline(rows, grid_names=None, aware=(), variant_grid=()):
     """The answer, one dict per victim (the bare teacher first; a victim is a label with the API defense it
     serves): utility cost, the final data-free attack and each Knockoff column with clone accuracies and
     paired protection against the bare teacher under the same attack, budget and seeds. [] without teacher rows.
-    ``aware``: the AWARE_SETTINGS entries, so that a defended victim's search lists the settings still to run."""
+    ``aware``: the AWARE_SETTINGS entries, so that a defended victim's search lists the settings still to run;
+    ``variant_grid``: VARIANT_GRID, likewise for a MISLEADER variant's search."""
     teacher = (TEACHER, "none")
     keys = list(dict.fromkeys(victim_key(r) for r in rows if not flag(r, "probs_as_logits")))
     if teacher not in keys:
@@ -294,11 +308,15 @@ def headline(rows, grid_names=None, aware=()):
         # the bare model's grid: its missing settings, else (defended) the search's; a complete grid whose
         # strongest setting has no runs at the headline's budget yet is said, not hidden
         bare, missing = strongest(rows, key[0], grid_info[2], grid_info[0], grid_info[1]) if grid_info else (None, [])
+        search = key[1] != "none" or key[0].startswith(VARIANT_PREFIX)  # searched, not a grid of its own
         if bare is not None and key[1] != "none":
             missing = search_missing(rows, key, grid_info, bare, aware)
-        entry = {"victim": victim_name(key), "key": key, "grid_missing": missing, "victim_acc": acc[key][0],
+        elif grid_info and key[0].startswith(VARIANT_PREFIX):
+            missing = variant_missing(rows, key, grid_info, variant_grid)
+        entry = {"victim": victim_name(key), "key": key, "grid_missing": missing, "search": search,
+                 "victim_acc": acc[key][0],
                  "served_acc": acc[key][1],
-                 "final_pending": bare if key[1] == "none" and bare not in (None, name) else None,
+                 "final_pending": bare if not search and bare not in (None, name) else None,
                  "served_l1": acc[key][2], "utility_cost": acc[teacher][1] - acc[key][1], "dfme_setting": name,
                  "dfme_budget": budget, "dfme_attack": rows[idx[0]]["attack"] if idx else None, "dfme": d,
                  "dfme_rows": idx, "teacher_rows": t_idx, "dfme_protection": protection, "knockoff": {}}
@@ -361,9 +379,9 @@ def protection_text(p):
     return f"{100 * p['mean']:+.2f} ± {100 * p['std']:.2f} [{100 * p['lo']:+.2f}, {100 * p['hi']:+.2f}] ({p['n']})"
 
 
-def headline_table(rows, grid_names=None, aware=()):
+def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
     """Markdown lines of the headline table, or [] without teacher rows."""
-    entries = headline(rows, grid_names, aware)
+    entries = headline(rows, grid_names, aware, variant_grid)
     if not entries:
         return []
     columns = list(entries[0]["knockoff"])
@@ -379,7 +397,7 @@ def headline_table(rows, grid_names=None, aware=()):
         name = e["dfme_setting"] or "config default"
         attack = "-" if e["dfme_budget"] is None else \
             (name if name == e["dfme_attack"] else f"{e['dfme_attack']} {name}") + f", {e['dfme_budget']:,} queries" + \
-            (f" ({'search' if e['key'][1] != 'none' else 'grid'} incomplete, {len(e['grid_missing'])} setting(s) "
+            (f" ({'search' if e['search'] else 'grid'} incomplete, {len(e['grid_missing'])} setting(s) "
              f"to run: {' '.join(e['grid_missing'])}; best on validation so far)" if e["grid_missing"] else "") + \
             (f" (the grid's strongest is now {e['final_pending']}: its runs at this budget are still to run)"
              if e["final_pending"] else "")
@@ -401,7 +419,8 @@ def headline_table(rows, grid_names=None, aware=()):
                   "Positive = harder to clone than the bare teacher. Utility cost: the teacher's test accuracy minus "
                   "that of the answers this victim's API serves. A victim with an API defense (\"+ name\") is "
                   "attacked with its bare model's strongest data-free setting and any attacker aware of the defense, "
-                  "whichever is stronger on validation. Strongest of all: of the victim's attacks above, the one whose "
+                  "whichever is stronger on validation; a MISLEADER variant (misleader-NAME: its members retrained with "
+                  "another knob) with MISLEADER's strongest setting and those of VARIANT_GRID, likewise. Strongest of all: of the victim's attacks above, the one whose "
                   "clones score highest on the validation split, against the bare teacher's strongest of all (paired "
                   "seeds); its protection is the one the target of 20 points at 2 points of utility cost is about."]
     return lines

@@ -409,10 +409,11 @@ def plot_utility_vs_protection(summary, path, title):
     _save(fig, path)
 
 
-def write_report(csv_path, out_dir, config=None, grid_names=None, aware=()):
+def write_report(csv_path, out_dir, config=None, grid_names=None, aware=(), variant_grid=()):
     """Write out_dir/report.md and the three plots; return the paths written. ``grid_names``: the full list of
     the data-free grid's settings (settings without runs yet are then reported as missing); ``aware``: the
-    AWARE_SETTINGS entries (a defended victim's search settings without runs yet are reported likewise)."""
+    AWARE_SETTINGS entries (a defended victim's search settings without runs yet are reported likewise);
+    ``variant_grid``: VARIANT_GRID (the same for a MISLEADER variant's search)."""
     rows = filter_config(load_results(csv_path), config, csv_path)
     summary = summarize(rows)
     groups = _groups(rows)
@@ -435,7 +436,7 @@ def write_report(csv_path, out_dir, config=None, grid_names=None, aware=()):
     md = os.path.join(out_dir, "report.md")
     png_curves, png_tradeoff, png_protection = (os.path.join(out_dir, p) for p in PLOT_FILES)
     one = len({(r.get("config") or "", r["dataset"]) for r in rows}) == 1  # a comparison is within one config
-    entries = comparison.headline(rows, grid_names, aware) if one else []
+    entries = comparison.headline(rows, grid_names, aware, variant_grid) if one else []
     final = {i for e in entries for i in e["dfme_rows"]}
     if final:  # the plot shows the headline's data-free runs; the full table has every group
         curves = [(name, runs) for (name, runs), members in zip(curves, groups.values())
@@ -466,7 +467,7 @@ def write_report(csv_path, out_dir, config=None, grid_names=None, aware=()):
              + (f" with config `{config}`" if config is not None else "") + f"; dataset(s): {', '.join(datasets)}.", ""]
     if entries:
         lines += ["## Each victim against its strongest attacker", ""] + \
-            comparison.headline_table(rows, grid_names, aware) + ["", f"![protection vs queries]({PLOT_FILES[2]})", ""]
+            comparison.headline_table(rows, grid_names, aware, variant_grid) + ["", f"![protection vs queries]({PLOT_FILES[2]})", ""]
     grid = comparison.grid_table(rows, grid_names) if one else []
     if grid:
         lines += ["## The data-free attack grid", ""] + grid + [""]
@@ -620,6 +621,9 @@ def parse(argv):
     p.add_argument("--aware", nargs="+", default=[], metavar="ENTRY",
                    help="compare.sh's AWARE_SETTINGS entries, each one quoted argument \"SETTING [DEFENSE ...]\": "
                         "the report names a defended victim's search settings that have no run yet")
+    p.add_argument("--variant_grid", nargs="+", default=[], metavar="SETTING",
+                   help="compare.sh's VARIANT_GRID: the settings a MISLEADER variant (label misleader-NAME) meets besides "
+                        "MISLEADER's strongest; the report names those without a run yet")
     p.add_argument("--grid_budget", type=float, default=1.0, help="with --strongest: queries of a grid run, millions")
     p.add_argument("--grid_seed", type=int, default=0, help="with --strongest: seed of the grid runs")
     p.add_argument("--api_defense", default="none", help="with --strongest: the victim's API defense (its spec as in "
@@ -659,7 +663,8 @@ def main(argv):
             sys.exit(1)
         return
     out = args.out or (os.path.join("results", args.config) if args.config else "results")
-    for path in write_report(args.csv, out, args.config, args.grid or None, args.aware):
+    for path in write_report(args.csv, out, args.config, args.grid or None, args.aware,
+                             args.variant_grid):
         print(f"wrote {path}")
 
 

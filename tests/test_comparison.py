@@ -240,6 +240,40 @@ def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
     assert bad.returncode == 2 and "AWARE_GRID: 'a' is already a DFME_GRID setting" in bad.stderr
 
 
+def test_a_misleader_variant_meets_misleaders_strongest_and_the_variant_grid_only(tmp_path):
+    """A MISLEADER variant's search is MISLEADER's strongest grid setting plus VARIANT_GRID: compare.sh lists those
+    runs, the report names only those as still to run, and the variant's headline run is the stronger of them on
+    validation. A VARIANT_GRID name outside DFME_GRID ends with one line and exit 2."""
+    from tests.test_report import _write_csv
+    from misleader.results import COLUMNS
+    _copy_compare(tmp_path)
+    with open(tmp_path / "configs/var.sh", "w") as f:
+        f.write('source configs/smoke.sh\nCONFIG=c\nGRID_BUDGET=1\n'
+                'DFME_GRID=("a dfme --steps 0.5" "b dfme --steps 0.3" "c disguide --loss kl")\n'
+                'MISLEADER_VARIANTS=("lam1 --lambda_ 1")\nVARIANT_GRID=(c)\n')
+    os.makedirs(tmp_path / "results")
+    vals = {"teacher": ("0.7", "0.6", "0.5"), "misleader": ("0.4", "0.6", "0.5")}  # MISLEADER's strongest: b
+    rows = [_row(v, setting=s, val=val, dataset="synthetic") for v in vals for s, val in zip("abc", vals[v])]
+    _write_csv(tmp_path / "results/results.csv", rows, COLUMNS)
+    proc = _compare_list(tmp_path, "var", "final")
+    assert proc.returncode == 0, proc.stderr
+    variant = [ln.split("--setting ")[1].split()[0] for ln in proc.stdout.splitlines() if "--label misleader-lam1 " in ln]
+    assert variant == ["b", "c"]
+    var = ("misleader-lam1", "none")
+    rows.append(_row("misleader-lam1", setting="c", val="0.45", clone="0.44"))
+    entry = next(e for e in comparison.headline(rows, ["a", "b", "c"], variant_grid=["c"]) if e["key"] == var)
+    assert entry["grid_missing"] == ["b"] and entry["search"]
+    assert "search incomplete, 1 setting(s) to run: b;" in "\n".join(
+        comparison.headline_table(rows, ["a", "b", "c"], variant_grid=["c"]))
+    rows.append(_row("misleader-lam1", setting="b", val="0.30", clone="0.50"))  # better on test, worse on validation
+    entry = next(e for e in comparison.headline(rows, ["a", "b", "c"], variant_grid=["c"]) if e["key"] == var)
+    assert entry["grid_missing"] == [] and entry["dfme_setting"] == "c" and entry["dfme"] == {0: 0.44}
+    with open(tmp_path / "configs/var.sh", "a") as f:
+        f.write('VARIANT_GRID=(zz)\n')
+    bad = _compare_list(tmp_path, "var", "final", timeout=60)
+    assert bad.returncode == 2 and "VARIANT_GRID: 'zz' is not a DFME_GRID setting" in bad.stderr and bad.stdout == ""
+
+
 def test_the_strongest_attack_of_all_is_chosen_on_validation_and_paired_with_the_teachers():
     ko = "pool={} epochs=30 victim_output=probs"
     rows = [*[_row("teacher", setting="b", seed=s, val="0.70", clone=c) for s, c in [(0, "0.80"), (1, "0.78")]],
