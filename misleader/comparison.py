@@ -172,13 +172,25 @@ def _choose_setting(rows, idx, preferred):
     return name, by_setting[name]
 
 
+def best_on_validation(val, rank):
+    """The key of ``val`` ({name: {seed: clone validation accuracy}}, each non-empty) that beats the most others,
+    two compared on their mean validation accuracy over the seeds they share (over each one's own seeds when
+    they share none), so that no seed's luck decides and a third candidate's seeds do not change how two compare;
+    ties go to the highest ``rank(name)``. With seeds all candidates share this is the best mean over them."""
+    def beats(a, b):
+        shared = set(val[a]) & set(val[b])
+        return mean([val[a][s] for s in (shared or val[a])]) > mean([val[b][s] for s in (shared or val[b])])
+    wins = {a: sum(beats(a, b) for b in val if b != a) for a in val}
+    return max(val, key=lambda n: (wins[n], rank(n)))
+
+
 def final_dfme(rows, key, grid_info, budget=None):
     """(setting name, budget, [row indices]) of a victim's headline data-free runs: at ``budget`` (default: the
     largest of its generator-attack rows), with the strongest grid setting of its model (the label) when that
     grid is complete, else the setting with the most seeds at that budget. A victim with an API defense is
     attacked with its bare model's strongest setting and, where more settings were tried on it (attackers aware
-    of the defense), the one with the best mean validation accuracy on the seeds they all have (on all of each
-    one's seeds when they share none). (None, None, []) without such rows."""
+    of the defense), the strongest on validation (``best_on_validation``: compared two by two on the seeds they
+    share). (None, None, []) without such rows."""
     cand = _generator_rows(rows, key)
     if budget is None and cand:
         budget = max(num(rows[i], "query_budget", i, int) for i in cand)
@@ -193,9 +205,8 @@ def final_dfme(rows, key, grid_info, budget=None):
         for i in at:
             by_setting.setdefault(field(rows[i], "setting"), []).append(i)
         val = {n: v for n, v in ((n, _val_by_seed(rows, idx)) for n, idx in by_setting.items()) if v}
-        shared = set.intersection(*map(set, val.values())) if val else set()  # compared on the seeds all share
-        score = {n: mean([v[s] for s in (shared or v)]) for n, v in val.items()}
-        best = max(score, key=lambda n: (score[n], n == best)) if score else best
+        bare = best
+        best = best_on_validation(val, lambda n: n == bare) if val else best
     name, idx = _choose_setting(rows, at, best)
     return name, budget, idx
 
@@ -239,21 +250,18 @@ def _val_by_seed(rows, idx):
 
 def strongest_overall(rows, entry):
     """(title, [row indices]) of the attack, among the entry's data-free final and its Knockoff columns, whose
-    clones have the highest mean accuracy on the validation split, compared on the seeds all those columns share
-    (on all their seeds when they share none), so that a column run on one seed does not win on that seed's
-    luck; the test set chooses nothing; a tie goes to the earlier column. (None, []) when no column has a
-    validation accuracy."""
+    clones are the strongest on the validation split (``best_on_validation``: two columns compared on the seeds
+    they share, so that a column run on one seed does not win on that seed's luck); the test set chooses
+    nothing; a tie goes to the earlier column. (None, []) when no column has a validation accuracy."""
     cands = []
     if entry["dfme_rows"]:
         cands.append((f"data-free {entry['dfme_setting'] or entry['dfme_attack']}", entry["dfme_rows"]))
     cands += [(title, k["rows"]) for title, k in entry["knockoff"].items() if k["rows"]]
-    vals = [(title, idx, v) for title, idx in cands if (v := _val_by_seed(rows, idx))]
+    vals = {n: v for n, (_, idx) in enumerate(cands) if (v := _val_by_seed(rows, idx))}
     if not vals:
         return None, []
-    common = set.intersection(*(set(v) for _, _, v in vals))
-    scored = [(mean([v[s] for s in (common or v)]), -n, title, idx) for n, (title, idx, v) in enumerate(vals)]
-    _, _, title, idx = max(scored)
-    return title, idx
+    n = best_on_validation(vals, lambda n: -n)
+    return cands[n]
 
 
 def search_missing(rows, key, grid_info, bare, aware=()):

@@ -177,6 +177,20 @@ def test_a_defended_victims_settings_are_compared_on_mean_validation_over_shared
     assert (name, idx) == ("a", [0, 1])
 
 
+def test_settings_that_share_seeds_only_in_pairs_are_compared_two_by_two_on_those_seeds():
+    """a, b, c have no seed in common, each pair one: b beats a on seed 0 and c on seed 2, so b is the strongest,
+    although a and c have the higher means over their own seeds (a's and c's from seed 1, an easy one)."""
+    rd = {"api_defense": "rounding:decimals=1"}
+    vals = {"a": {0: "0.60", 1: "0.90"}, "b": {0: "0.70", 2: "0.70"}, "c": {1: "0.85", 2: "0.65"}}
+    rows = [_row("teacher", setting=n, seed=s, val=v, **rd) for n, by_seed in vals.items() for s, v in by_seed.items()]
+    name, _, idx = comparison.final_dfme(rows, ("teacher", "rounding:decimals=1"), None)
+    assert name == "b" and [rows[i]["seed"] for i in idx] == ["0", "2"]
+    # the same rule, by hand: a cycle (a beats c, c beats b, b beats a) ties, and the tie goes to the rank
+    cycle = {"a": {0: 0.6, 1: 0.9}, "b": {0: 0.7, 2: 0.6}, "c": {1: 0.85, 2: 0.65}}
+    assert comparison.best_on_validation(cycle, lambda n: n == "c") == "c"
+    assert comparison.best_on_validation(cycle, lambda n: n == "a") == "a"
+
+
 def test_an_incomplete_grid_is_said_and_its_best_on_validation_used():
     rows = [_row("teacher", setting="a", val="0.50", clone="0.70"), _row("teacher", setting="b", val="0.60", clone="0.65"),
             _row("teacher", setting="c", val="0.55", clone="0.60"), _row("misleader", setting="a", val="0.40", clone="0.45"),
