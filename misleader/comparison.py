@@ -427,8 +427,10 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
                   "Positive = harder to clone than the bare teacher. Utility cost: the teacher's test accuracy minus "
                   "that of the answers this victim's API serves. A victim with an API defense (\"+ name\") is "
                   "attacked with its bare model's strongest data-free setting and any attacker aware of the defense, "
-                  "whichever is stronger on validation; a MISLEADER variant (misleader-NAME: its members retrained with "
-                  "another knob) with MISLEADER's strongest setting and those of VARIANT_GRID, likewise. Strongest of all: of the victim's attacks above, the one whose "
-                  "clones score highest on the validation split, against the bare teacher's strongest of all (paired "
-                  "seeds); its protection is the one the target of 20 points at 2 points of utility cost is about."]
+                  "whichever is stronger on validation; a MISLEADER variant (misleader-NAME: its members retrained "
+                  "with another knob) with MISLEADER's strongest setting and those of VARIANT_GRID, likewise. "
+                  "Strongest of all: of the victim's attacks above, the one whose clones score highest on the "
+                  "validation split, "
+                  "against the bare teacher's strongest of all (paired seeds); its protection is the one the target "
+                  "of 20 points at 2 points of utility cost is about."]
     return lines

@@ -467,7 +467,8 @@ def write_report(csv_path, out_dir, config=None, grid_names=None, aware=(), vari
              + (f" with config `{config}`" if config is not None else "") + f"; dataset(s): {', '.join(datasets)}.", ""]
     if entries:
         lines += ["## Each victim against its strongest attacker", ""] + \
-            comparison.headline_table(rows, grid_names, aware, variant_grid) + ["", f"![protection vs queries]({PLOT_FILES[2]})", ""]
+            comparison.headline_table(rows, grid_names, aware, variant_grid) + \
+            ["", f"![protection vs queries]({PLOT_FILES[2]})", ""]
     grid = comparison.grid_table(rows, grid_names) if one else []
     if grid:
         lines += ["## The data-free attack grid", ""] + grid + [""]
@@ -622,8 +623,8 @@ def parse(argv):
                    help="compare.sh's AWARE_SETTINGS entries, each one quoted argument \"SETTING [DEFENSE ...]\": "
                         "the report names a defended victim's search settings that have no run yet")
     p.add_argument("--variant_grid", nargs="+", default=[], metavar="SETTING",
-                   help="compare.sh's VARIANT_GRID: the settings a MISLEADER variant (label misleader-NAME) meets besides "
-                        "MISLEADER's strongest; the report names those without a run yet")
+                   help="compare.sh's VARIANT_GRID: the settings a MISLEADER variant (label misleader-NAME) meets "
+                        "besides MISLEADER's strongest; the report names those without a run yet")
     p.add_argument("--grid_budget", type=float, default=1.0, help="with --strongest: queries of a grid run, millions")
     p.add_argument("--grid_seed", type=int, default=0, help="with --strongest: seed of the grid runs")
     p.add_argument("--api_defense", default="none", help="with --strongest: the victim's API defense (its spec as in "

@@ -271,7 +271,8 @@ def test_a_misleader_variant_meets_misleaders_strongest_and_the_variant_grid_onl
     _write_csv(tmp_path / "results/results.csv", rows, COLUMNS)
     proc = _compare_list(tmp_path, "var", "final")
     assert proc.returncode == 0, proc.stderr
-    variant = [ln.split("--setting ")[1].split()[0] for ln in proc.stdout.splitlines() if "--label misleader-lam1 " in ln]
+    variant = [ln.split("--setting ")[1].split()[0] for ln in proc.stdout.splitlines()
+               if "--label misleader-lam1 " in ln]
     assert variant == ["b", "c"]
     var = ("misleader-lam1", "none")
     rows.append(_row("misleader-lam1", setting="c", val="0.45", clone="0.44"))
