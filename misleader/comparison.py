@@ -267,7 +267,8 @@ def strongest_overall(rows, entry):
 def search_missing(rows, key, grid_info, bare, aware=()):
     """The settings of a defended victim's data-free search (``bare``, its bare model's strongest grid setting,
     then the ``aware`` settings that apply to its defense) without a run yet at the grid's budget and seed.
-    ``aware``: compare.sh's AWARE_SETTINGS entries, "setting [defense name ...]" (no name: every defense)."""
+    ``aware``: compare.sh's AWARE_SETTINGS entries, "setting [defense name ...]" (no name: every defense, and
+    a victim without one: a MISLEADER variant's VARIANT_GRID)."""
     expected = [bare]
     for entry in aware:
         setting, *defenses = entry.split()
@@ -281,10 +282,7 @@ def variant_missing(rows, key, grid_info, variant_grid=()):
     ``variant_grid``, compare.sh's VARIANT_GRID) without a run yet at the grid's budget and seed; MISLEADER's own
     missing grid settings while its grid is incomplete (the variants wait for it)."""
     bare, missing = strongest(rows, MISLEADER, grid_info[2], grid_info[0], grid_info[1])
-    if bare is None:
-        return missing
-    expected = list(dict.fromkeys([bare, *variant_grid]))
-    return strongest(rows, key[0], expected, grid_info[0], grid_info[1], key[1])[1]
+    return missing if bare is None else search_missing(rows, key, grid_info, bare, variant_grid)
 
 
 def headline(rows, grid_names=None, aware=(), variant_grid=()):
