@@ -4,20 +4,26 @@ disagreement, against a victim behind the counted black-box API.
 Each iteration: g_iter generator steps through the two clones alone (the generator maximises their
 disagreement, with a class-diversity term; no victim query, no zeroth-order estimate), then d_iter clone steps
 (a fresh generator batch is asked once; both clones learn its answers plus --replay_batch earlier queries and
-answers from a replay buffer). Queries per iteration: batch_size * d_iter; the attack stops when the budget
+answers from a replay buffer), then --rep_iter clone steps on replayed queries alone. Queries per iteration:
+batch_size * d_iter; the attack stops when the budget
 cannot pay for another. The clone reported (results row, checkpoint, clone_acc) is the FIRST clone: one
 --student_model like DFME's student, starting from the weights DFME's student starts from at the same seed
 (the generator too). The second clone's test accuracy is logged each epoch (clone2_acc).
 
 Settings. The paper's method: two clones, a generator trained on their disagreement only, a class-diversity
-term, experience replay. Inherited from DFME, which DisGUIDE builds on (not checked against the paper's
-values): DFME's generator, Adam 1e-4; clone SGD 0.1, momentum 0.9, weight decay 5e-4; batch 256; 1 generator
-and 5 clone steps per iteration; DFME's multistep schedule; l1 on recovered logits (--loss, --target and
---logit_floor as in DFME/dfme.py). Chosen here: disagreement = L1 distance between the clones' softmax outputs;
-diversity = negative entropy of the batch's mean predicted class distribution, weight --div_weight 1; replay =
-the last --replay_size 100,000 queries, --replay_batch 256 of them drawn uniformly per clone step. Adapted to
-32x32 grayscale data: 1-channel generator images, clones of --student_model (lenet5) instead of the paper's
-CIFAR ResNets, and this repository's budgets rather than the paper's CIFAR ones.
+term, experience replay. The defaults are DFME's, which DisGUIDE builds on: DFME's generator, Adam 1e-4; clone
+SGD 0.1, momentum 0.9, weight decay 5e-4; batch 256; 1 generator and 5 clone steps per iteration (each on 256
+fresh and --replay_batch 256 replayed queries); DFME's multistep schedule; l1 on recovered logits (--loss,
+--target and --logit_floor as in DFME/dfme.py); replay of the last --replay_size 100,000 queries. The authors'
+published CIFAR-10 script differs: clone SGD 0.03, milestones 0.4 0.8, 150 iterations per epoch, per iteration
+1 generator step, 1 clone step on the fresh batch and 3 on replayed batches alone (--d_iter 1 --rep_iter 3
+--replay_batch 0), the last 1,000,000 queries kept, diversity weight 0.2 on a disagreement measured as the
+clones' mean per-class standard deviation (this repository's L1 distance divided by C*sqrt(2): about 2.8 here
+with 10 classes), and it reports the clones' averaged softmax, where this repository reports the first clone.
+Chosen here: disagreement = L1 distance between the clones' softmax outputs; diversity = negative entropy of the
+batch's mean predicted class distribution, weight --div_weight 1. Adapted to 32x32 grayscale data: 1-channel
+generator images, clones of --student_model (lenet5) instead of the paper's CIFAR ResNets, and this
+repository's budgets rather than the paper's CIFAR ones.
 One row per run (attack disguide) is appended to results/results.csv.
 """
 
@@ -36,7 +42,10 @@ from misleader.generator_attack import (attacker_mirror, config_from_flags, gene
 # (misleader.generator_attack.FLAGS) are DFME's, with the help in HELP
 FLAGS = {"div_weight": (float, "weight of the class-diversity term in the generator's loss (chosen here)"),
          "replay_size": (int, "queries kept for experience replay, the last ones (chosen here; 0: no replay)"),
-         "replay_batch": (int, "replayed queries added to each clone step's fresh batch (chosen here)")}
+         "replay_batch": (int, "replayed queries added to each clone step's fresh batch (chosen here)"),
+         "rep_iter": (int, "clone steps per iteration on --batch_size replayed queries alone, after the --d_iter "
+                           "fresh ones (the published code's schedule: --d_iter 1 --rep_iter 3 --replay_batch 0); "
+                           "0: none")}
 HELP = {"batch_size": "fresh generator batch per step (queries per clone step)",
         "g_iter": "generator steps per iteration (no queries)", "d_iter": "clone steps per iteration",
         "lr_S": "clone SGD learning rate", "lr_G": "generator Adam learning rate", "momentum": "clone SGD momentum",

@@ -155,15 +155,17 @@ def query_map(query_range, mean, std):
     return 0.5 / std, (0.5 - mean) / std
 
 
-ADAPTIVE_DEFAULTS = {"logit_floor": 0.0, "target": "logits", "mirror": False}  # DFME as published
+# off by default, and then left out of the settings text (rows written before they existed keep their text)
+ADAPTIVE_DEFAULTS = {"logit_floor": 0.0, "target": "logits", "mirror": False, "rep_iter": 0}
 
 
 def settings_text(cfg, **extra):
     """The attack's defining settings as one 'key=value ...' string (results.csv's settings column): every
     field of the config (cfg.as_dict(): a DFMEConfig or a subclass's) except those with columns of their own
     (query_budget, probs_as_logits, query_range).
-    logit_floor, target and mirror appear only when they are not DFME's (off, logits, off): a plain DFME row keeps
-    the text of the rows written before they existed, so the report still groups them together."""
+    logit_floor, target and mirror appear only when they are not DFME's (off, logits, off), DisGUIDE's rep_iter
+    only when not 0: a plain row keeps the text of the rows written before they existed, so the report still
+    groups them together."""
     fields = {k: v for k, v in cfg.as_dict().items() if k not in ("query_budget", "probs_as_logits", "query_range")}
     for k, published in ADAPTIVE_DEFAULTS.items():
         if fields.get(k) == published:

@@ -5,8 +5,9 @@ Two clones learn the victim's answers; the generator is trained through the clon
 disagreement, so generator steps ask the victim nothing and need no zeroth-order estimate. Per iteration:
 g_iter generator steps (minimise  -disagreement + div_weight * class_diversity  on a fresh batch, the clones
 fixed), then d_iter clone steps (a fresh batch is asked once; both clones learn its answers together with
-replay_batch earlier queries and answers drawn from the replay buffer). Queries per iteration:
-batch_size * d_iter.
+replay_batch earlier queries and answers drawn from the replay buffer), then rep_iter clone steps on
+batch_size replayed queries and answers alone (the published code's schedule: d_iter 1, rep_iter 3, replay_batch
+0). Queries per iteration: batch_size * d_iter.
 
 What is the paper's and what is chosen here: see DFME/disguide.py's help. The loop, schedule, query mapping,
 target options (loss, target, logit_floor, mirror: the clone steps only) and resumable state are DFME's
@@ -34,6 +35,7 @@ class DisGUIDEConfig(DFMEConfig):
     div_weight: float = 1.0  # weight of the class-diversity term in the generator's loss
     replay_size: int = 100_000  # queries kept for replay (the last ones; 0: no replay)
     replay_batch: int = 256  # replayed queries added to each clone step's fresh batch
+    rep_iter: int = 0  # clone steps per iteration on batch_size replayed queries alone, after the d_iter fresh ones
 
     unused = ("grad_m", "grad_epsilon", "g_optimizer", "probs_as_logits")
     cost_formula = "batch_size*d_iter"
@@ -44,9 +46,11 @@ class DisGUIDEConfig(DFMEConfig):
 
     def validate(self):
         super().validate()
-        for name in ("replay_size", "replay_batch", "div_weight"):
+        for name in ("replay_size", "replay_batch", "div_weight", "rep_iter"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must not be negative, got {getattr(self, name)}")
+        if self.replay_size == 0 and self.rep_iter:
+            raise UserError(f"--rep_iter {self.rep_iter} trains on replayed queries, but --replay_size 0 keeps none")
 
 
 def disguide_models(arch, num_classes, in_channels, nz, ngf, seed):
@@ -106,8 +110,10 @@ class Replay:
         return self.x[i], self.t[i]
 
     def state_dict(self):
-        return {"x": None if self.x is None else self.x[:self.n].cpu(),
-                "t": None if self.t is None else self.t[:self.n].cpu(), "pos": self.pos}
+        # a copy of the filled slots: a view would make torch.save write the whole buffer, filled or not
+        return {"x": None if self.x is None else self.x[:self.n].to("cpu", copy=self.n < self.capacity),
+                "t": None if self.t is None else self.t[:self.n].to("cpu", copy=self.n < self.capacity),
+                "pos": self.pos}
 
     def load_state_dict(self, st):
         self.x = self.t = None
@@ -153,6 +159,16 @@ class DisGUIDE(DFME):
             c.train().requires_grad_(True)
         return loss.item()
 
+    def iteration(self):
+        """DFME's iteration (generator steps, then d_iter clone steps on fresh batches), then rep_iter clone
+        steps on replayed queries alone. The clone loss reported is the mean over all its clone steps."""
+        g_loss, s_loss = super().iteration()
+        rep = self.cfg.rep_iter if len(self.replay) else 0
+        if rep:
+            s_loss = (s_loss * self.cfg.d_iter + sum(self.replay_step() for _ in range(rep)).item()) / \
+                (self.cfg.d_iter + rep)
+        return g_loss, s_loss
+
     def student_step(self):
         """One update of both clones: a fresh batch asked once (batch_size queries) plus replayed queries and
         answers, then the fresh batch joins the buffer. Returns the clones' mean loss."""
@@ -164,6 +180,17 @@ class DisGUIDE(DFME):
             xr, tr = self.replay.sample(cfg.replay_batch, self.rng)
             xs, ts = torch.cat([x, xr]).contiguous(memory_format=self.fmt), torch.cat([t, tr])
         self.replay.add(x, t)
+        return self.clone_update(xs, ts)
+
+    def replay_step(self):
+        """One update of both clones on batch_size replayed queries and answers alone (no query). Returns the
+        clones' mean loss."""
+        xs, ts = self.replay.sample(self.cfg.batch_size, self.rng)
+        return self.clone_update(xs.contiguous(memory_format=self.fmt), ts)
+
+    def clone_update(self, xs, ts):
+        """One SGD step of both clones towards targets ``ts`` on queries ``xs``; the clones' mean loss."""
+        cfg = self.cfg
         losses = []
         for c in self.clones:
             with autocast(self.device, self.amp):

@@ -320,7 +320,7 @@ def test_replay_keeps_the_last_queries_and_round_trips():
 
 def make_disguide(budget=1000, **kw):
     torch.manual_seed(0)
-    cfg = DisGUIDEConfig(query_budget=budget, batch_size=16, epoch_itrs=3, nz=16, replay_batch=8, **kw)
+    cfg = DisGUIDEConfig(query_budget=budget, batch_size=16, epoch_itrs=3, nz=16, **{"replay_batch": 8, **kw})
     cfg.validate()
     victim_model = Counting(create_model("lenet5fifth", 10, 1))
     victim = BlackBox(victim_model, cfg.query_budget)
@@ -378,22 +378,62 @@ def test_disguide_generator_step_asks_the_victim_nothing_and_leaves_the_clones()
     assert victim.used == counted.seen == 32 and seen == [16, 16 + 8]
 
 
-def test_disguide_state_round_trip_continues_identically():
-    full, victim_full, _ = make_disguide(500)
+@pytest.mark.parametrize("kw", [{}, {"d_iter": 1, "rep_iter": 3, "replay_batch": 0}], ids=["default", "published"])
+def test_disguide_state_round_trip_continues_identically(kw):
+    full, victim_full, _ = make_disguide(500, **kw)
     full.run()
-    part, _, _ = make_disguide(500)
+    part, _, _ = make_disguide(500, **kw)
     for _ in range(2):  # inside the first epoch (3 iterations): a resume mid-epoch
         part.iteration()
     buf = io.BytesIO()
     torch.save(part.state_dict(), buf)
     buf.seek(0)
-    resumed, victim_resumed, _ = make_disguide(500)
+    resumed, victim_resumed, _ = make_disguide(500, **kw)
     resumed.load_state_dict(torch.load(buf, weights_only=True))
     resumed.run()
     assert victim_resumed.used == victim_full.used
     for ca, cb in zip(full.clones, resumed.clones):
         for a, b in zip(ca.state_dict().values(), cb.state_dict().values()):
             assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+def test_replay_only_clone_steps_follow_the_fresh_ones_and_ask_nothing():
+    """--rep_iter 3 --d_iter 1 --replay_batch 0 (the published code's schedule): per iteration one clone step on
+    the fresh batch (its queries the only ones asked), then three on batch_size replayed queries alone, each the
+    clones' loss on queries and answers drawn from the buffer; the clone loss reported is the mean of the four."""
+    attack, victim, counted = make_disguide(160, d_iter=1, rep_iter=3, replay_batch=0)
+    assert attack.cfg.cost_per_iteration == 16
+    seen = []
+    hook = attack.clones[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]) if m.training else None)
+    calls = []
+    step = attack.replay_step
+    attack.replay_step = lambda: calls.append(len(attack.replay)) or step()
+    attack.iteration()
+    attack.iteration()
+    hook.remove()
+    assert victim.used == counted.seen == 32  # the replay steps asked nothing
+    assert seen == [16] * 8 and calls == [16, 16, 16, 32, 32, 32]  # after each fresh batch joined the buffer
+    # a replay step by hand: the clones' mean l1 loss on the batch the attack's own RNG draws from the buffer
+    rng = torch.Generator().set_state(attack.rng.get_state())
+    xs, ts = attack.replay.sample(16, rng)
+    with torch.no_grad():
+        hand = sum(student_loss(c(xs), ts, "l1", "logits", None) for c in attack.clones) / 2
+    assert step().item() == pytest.approx(hand.item(), rel=1e-5)
+    assert "rep_iter=3" in settings_text(attack.cfg).split() and "rep_iter" not in settings_text(DisGUIDEConfig())
+    for bad, msg in (({"rep_iter": -1}, "--rep_iter must not be negative"),
+                     ({"rep_iter": 2, "replay_size": 0}, "--replay_size 0 keeps none")):
+        with pytest.raises(UserError, match=msg):
+            DisGUIDEConfig(**bad).validate()
+
+
+def test_a_saved_replay_holds_its_filled_slots_only():
+    """A buffer of 100,000 slots with 5 filled saves about 5 slots' worth, not the whole buffer (a view of the
+    first slots would make torch.save write all of them)."""
+    r = Replay(100_000, CPU)
+    r.add(torch.ones(5, 10), torch.ones(5, 10))
+    buf = io.BytesIO()
+    torch.save(r.state_dict(), buf)
+    assert buf.tell() < 20_000  # the whole buffer: 2 x 100,000 x 10 x 4 bytes = 8 MB
 
 
 def test_first_clone_and_generator_start_where_dfme_does():
