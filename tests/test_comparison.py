@@ -220,7 +220,7 @@ def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
     with open(tmp_path / "configs/aware.sh", "w") as f:
         f.write('source configs/smoke.sh\nCONFIG=c\nGRID_BUDGET=1\nDFME_GRID=("a dfme --steps 0.5" "b dfme --steps 0.3")\n'
                 'API_DEFENSES=("rounding:decimals=1" "topk:k=1")\nAWARE_GRID=("c disguide --loss kl")\n'
-                'AWARE_SETTINGS=("b rounding" "c topk")\n')
+                'AWARE_SETTINGS=("b rounding" "c topk")\nMISLEADER_VARIANTS=("lam1 --lambda_ 1")\nVARIANT_GRID=(b)\n')
     os.makedirs(tmp_path / "results")
     rows = [_row(v, setting=s, val=val, dataset="synthetic") for v in ("teacher", "misleader")
             for s, val in (("a", "0.7"), ("b", "0.6"))]
@@ -240,6 +240,10 @@ def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
         for spec in ("rounding:decimals=1", "topk:k=1"):
             assert comparison.search_missing(rows, (victim, spec), grid_info, "a", ["b rounding", "c topk"]) == \
                 searched(victim, spec)
+    # a MISLEADER variant meets MISLEADER's strongest (a) and VARIANT_GRID's b, no defense's aware setting
+    variant = [ln.split("--setting ")[1].split()[0] for ln in proc.stdout.splitlines()
+               if "--label misleader-lam1 " in ln]
+    assert variant == ["a", "b"]
     c_run = next(ln for ln in runs if "--setting c " in ln)
     assert "DFME/disguide.py" in c_run and c_run.endswith("--loss kl")
     grid = _compare_list(tmp_path, "aware", "grid")
@@ -254,26 +258,13 @@ def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
     assert bad.returncode == 2 and "AWARE_GRID: 'a' is already a DFME_GRID setting" in bad.stderr
 
 
-def test_a_misleader_variant_meets_misleaders_strongest_and_the_variant_grid_only(tmp_path):
-    """A MISLEADER variant's search is MISLEADER's strongest grid setting plus VARIANT_GRID: compare.sh lists those
-    runs, the report names only those as still to run, and the variant's headline run is the stronger of them on
-    validation. A VARIANT_GRID name outside DFME_GRID ends with one line and exit 2."""
-    from tests.test_report import _write_csv
-    from misleader.results import COLUMNS
-    _copy_compare(tmp_path)
-    with open(tmp_path / "configs/var.sh", "w") as f:
-        f.write('source configs/smoke.sh\nCONFIG=c\nGRID_BUDGET=1\n'
-                'DFME_GRID=("a dfme --steps 0.5" "b dfme --steps 0.3" "c disguide --loss kl")\n'
-                'MISLEADER_VARIANTS=("lam1 --lambda_ 1")\nVARIANT_GRID=(c)\n')
-    os.makedirs(tmp_path / "results")
+def test_a_misleader_variants_search_is_misleaders_strongest_and_the_variant_grid(tmp_path):
+    """The report names only a variant's search runs (MISLEADER's strongest grid setting plus VARIANT_GRID) as
+    still to run, and its headline run is the stronger of them on validation (compare.sh's listing of them:
+    test_aware_settings_reach_only_the_defenses_they_name). A VARIANT_GRID name outside DFME_GRID ends with one
+    line and exit 2."""
     vals = {"teacher": ("0.7", "0.6", "0.5"), "misleader": ("0.4", "0.6", "0.5")}  # MISLEADER's strongest: b
-    rows = [_row(v, setting=s, val=val, dataset="synthetic") for v in vals for s, val in zip("abc", vals[v])]
-    _write_csv(tmp_path / "results/results.csv", rows, COLUMNS)
-    proc = _compare_list(tmp_path, "var", "final")
-    assert proc.returncode == 0, proc.stderr
-    variant = [ln.split("--setting ")[1].split()[0] for ln in proc.stdout.splitlines()
-               if "--label misleader-lam1 " in ln]
-    assert variant == ["b", "c"]
+    rows = [_row(v, setting=s, val=val) for v in vals for s, val in zip("abc", vals[v])]
     var = ("misleader-lam1", "none")
     rows.append(_row("misleader-lam1", setting="c", val="0.45", clone="0.44"))
     entry = next(e for e in comparison.headline(rows, ["a", "b", "c"], variant_grid=["c"]) if e["key"] == var)
@@ -283,8 +274,9 @@ def test_a_misleader_variant_meets_misleaders_strongest_and_the_variant_grid_onl
     rows.append(_row("misleader-lam1", setting="b", val="0.30", clone="0.50"))  # better on test, worse on validation
     entry = next(e for e in comparison.headline(rows, ["a", "b", "c"], variant_grid=["c"]) if e["key"] == var)
     assert entry["grid_missing"] == [] and entry["dfme_setting"] == "c" and entry["dfme"] == {0: 0.44}
-    with open(tmp_path / "configs/var.sh", "a") as f:
-        f.write('VARIANT_GRID=(zz)\n')
+    _copy_compare(tmp_path)
+    with open(tmp_path / "configs/var.sh", "w") as f:
+        f.write('source configs/smoke.sh\nCONFIG=c\nDFME_GRID=("a dfme --steps 0.5")\nVARIANT_GRID=(zz)\n')
     bad = _compare_list(tmp_path, "var", "final", timeout=60)
     assert bad.returncode == 2 and "VARIANT_GRID: 'zz' is not a DFME_GRID setting" in bad.stderr and bad.stdout == ""
 
