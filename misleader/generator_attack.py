@@ -75,6 +75,10 @@ def config_from_flags(cls, args):
             kw[f.name] = type(f.default)(kw[f.name])
     cfg = cls(**{**kw, "query_budget": int(round(args.query_budget * 1e6))})
     cfg.validate()
+    if args.victim_output == "label" and cfg.loss == "kl" and cfg.target == "logits":
+        raise UserError("--loss kl with --target logits on a label-only API (--victim_output label) would train on "
+                        "softmax(one-hot - its mean), a smoothed label (0.23 on the top class of 10); use --target "
+                        "label (the cross-entropy on each answer's label)")
     attacker_mirror(cfg, args)  # a defense that cannot be mirrored stops here, before any data is loaded
     return cfg
 

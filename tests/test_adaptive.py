@@ -275,6 +275,20 @@ def test_mirror_without_a_mirrorable_defense_or_probability_targets_is_a_user_er
             entry.make_config(entry.parse(["--dataset", "synthetic", *flags]))
 
 
+def test_kl_on_recovered_logits_of_label_answers_is_refused_for_the_label_target():
+    """A label-only API's answer as recovered logits (one-hot minus its mean) under --loss kl is a smoothed label
+    (softmax: 0.23 on the top class of 10), a silently weak attack: refused, naming --target label, which runs."""
+    assert math.e / (math.e + 9) == pytest.approx(0.232, abs=1e-3)
+    for name in ("dfme", "disguide"):
+        entry = _entry(name)
+        with pytest.raises(UserError, match="use --target label"):
+            entry.make_config(entry.parse(["--dataset", "synthetic", "--victim_output", "label", "--loss", "kl"]))
+        cfg = entry.make_config(entry.parse(["--dataset", "synthetic", "--victim_output", "label", "--loss", "kl",
+                                             "--target", "label"]))
+        assert cfg.target == "label"
+        entry.make_config(entry.parse(["--dataset", "synthetic", "--victim_output", "label"]))  # l1: as before
+
+
 def test_mirror_reaches_the_settings_column_only_when_used():
     entry = _entry("disguide")
     plain = entry.make_config(entry.parse(["--dataset", "synthetic", "--target", "probs"]))
