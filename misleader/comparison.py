@@ -315,6 +315,8 @@ def headline(rows, grid_names=None, aware=(), variant_grid=()):
         # strongest setting has no runs at the headline's budget yet is said, not hidden
         bare, missing = strongest(rows, key[0], grid_info[2], grid_info[0], grid_info[1]) if grid_info else (None, [])
         search = key[1] != "none" or key[0].startswith(VARIANT_PREFIX)  # searched, not a grid of its own
+        ran = [n for n in grid_info[2] if n not in missing] if grid_info else []
+        best = bare if bare is not None or not ran else strongest(rows, key[0], ran, grid_info[0], grid_info[1])[0]
         if bare is not None and key[1] != "none":
             missing = search_missing(rows, key, grid_info, bare, aware)
         elif grid_info and key[0].startswith(VARIANT_PREFIX):
@@ -322,7 +324,8 @@ def headline(rows, grid_names=None, aware=(), variant_grid=()):
         entry = {"victim": victim_name(key), "key": key, "grid_missing": missing, "search": search,
                  "victim_acc": acc[key][0],
                  "served_acc": acc[key][1],
-                 "final_pending": bare if not search and bare not in (None, name) else None,
+                 # the grid's strongest (so far, while incomplete) when the headline's runs are another setting's
+                 "final_pending": best if not search and best not in (None, name) else None,
                  "served_l1": acc[key][2], "utility_cost": acc[teacher][1] - acc[key][1], "dfme_setting": name,
                  "dfme_budget": budget, "dfme_attack": rows[idx[0]]["attack"] if idx else None, "dfme": d,
                  "dfme_rows": idx, "teacher_rows": t_idx, "dfme_protection": protection, "knockoff": {}}
@@ -404,9 +407,10 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
         attack = "-" if e["dfme_budget"] is None else \
             (name if name == e["dfme_attack"] else f"{e['dfme_attack']} {name}") + f", {e['dfme_budget']:,} queries" + \
             (f" ({'search' if e['search'] else 'grid'} incomplete, {len(e['grid_missing'])} setting(s) "
-             f"to run: {' '.join(e['grid_missing'])}; best on validation so far)" if e["grid_missing"] else "") + \
-            (f" (the grid's strongest is now {e['final_pending']}: its runs at this budget are still to run)"
-             if e["final_pending"] else "")
+             f"to run: {' '.join(e['grid_missing'])}" + ("" if e["final_pending"] else "; best on validation so far")
+             + ")" if e["grid_missing"] else "") + \
+            (f" (the grid's strongest{' so far' if e['grid_missing'] else ''} is now {e['final_pending']}: its runs "
+             "at this budget are still to run)" if e["final_pending"] else "")
         cells = [e["victim"], f"{100 * e['served_acc']:.2f}", f"{100 * e['utility_cost']:.2f}"] + \
             ([f"{e['served_l1']:.4f}"] if served else []) + \
             [attack, _clone_text(e["dfme"]), protection_text(e["dfme_protection"]) +

@@ -202,6 +202,18 @@ def test_an_incomplete_grid_is_said_and_its_best_on_validation_used():
     assert "dfme a, 1,000,000 queries (grid incomplete, 1 setting(s) to run" in table
 
 
+def test_an_incomplete_grid_whose_best_so_far_lacks_headline_runs_says_so():
+    """The headline's 2M runs are setting a's; the grid, one setting short, is led on validation by b, which has
+    no 2M run yet: the table says b is the strongest so far and its runs are to come, not that a is the best."""
+    rows = [_row("teacher", setting="a", val="0.70"), _row("teacher", setting="b", val="0.80"),
+            *[_row("teacher", setting="a", budget=2000000, seed=s, val="0.75", clone="0.74") for s in (0, 1, 2)]]
+    t = comparison.headline(rows, ["a", "b", "c"])[0]
+    assert (t["dfme_setting"], t["dfme_budget"], t["grid_missing"], t["final_pending"]) == ("a", 2000000, ["c"], "b")
+    line = comparison.headline_table(rows, ["a", "b", "c"])[2]
+    assert "(grid incomplete, 1 setting(s) to run: c) (the grid's strongest so far is now b: its runs at this " \
+           "budget are still to run)" in line and "best on validation so far" not in line
+
+
 def test_the_full_grid_list_shows_settings_not_run_yet():
     rows = [_row("teacher", setting="a", val="0.50"), _row("misleader", setting="a", val="0.40")]
     assert comparison.headline(rows)[1]["grid_missing"] == []  # the rows alone: a grid of one
