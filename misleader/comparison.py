@@ -307,9 +307,9 @@ def headline(rows, grid_names=None, aware=(), variant_grid=()):
     for key in keys:
         name, budget, idx = final_dfme(rows, key, grid_info)
         d = _by_seed(rows, idx)
-        protection, t_idx = None, []
+        protection, t_idx, t_name = None, [], None
         if key != teacher and budget is not None:
-            _, t_budget, t_idx = final_dfme(rows, teacher, grid_info, budget)
+            t_name, t_budget, t_idx = final_dfme(rows, teacher, grid_info, budget)
             protection = paired(_by_seed(rows, t_idx), d) if t_budget == budget else None
         # the bare model's grid: its missing settings, else (defended) the search's; a complete grid whose
         # strongest setting has no runs at the headline's budget yet is said, not hidden
@@ -328,7 +328,8 @@ def headline(rows, grid_names=None, aware=(), variant_grid=()):
                  "final_pending": best if not search and best not in (None, name) else None,
                  "served_l1": acc[key][2], "utility_cost": acc[teacher][1] - acc[key][1], "dfme_setting": name,
                  "dfme_budget": budget, "dfme_attack": rows[idx[0]]["attack"] if idx else None, "dfme": d,
-                 "dfme_rows": idx, "teacher_rows": t_idx, "dfme_protection": protection, "knockoff": {}}
+                 "dfme_rows": idx, "teacher_rows": t_idx, "teacher_setting": t_name, "dfme_protection": protection,
+                 "knockoff": {}}
         for title, pool, output in columns:
             kb, kidx = knockoff_runs(rows, key, pool, output)
             k = _by_seed(rows, kidx)
@@ -394,6 +395,9 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
     if not entries:
         return []
     columns = list(entries[0]["knockoff"])
+    # the teacher's strongest setting (so far, while its grid is incomplete): a protection measured against
+    # another setting's teacher runs says so
+    t_best, t_open = entries[0]["final_pending"] or entries[0]["dfme_setting"], bool(entries[0]["grid_missing"])
     served = any(e["key"][1] != "none" for e in entries)
     head = ["victim", "served test acc (%)", "utility cost (pts)"] + (["served L1"] if served else []) + \
         ["data-free attack (strongest setting)", "clone (%)", "protection (pts)"]
@@ -414,8 +418,8 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
         cells = [e["victim"], f"{100 * e['served_acc']:.2f}", f"{100 * e['utility_cost']:.2f}"] + \
             ([f"{e['served_l1']:.4f}"] if served else []) + \
             [attack, _clone_text(e["dfme"]), protection_text(e["dfme_protection"]) +
-             (f" (against the teacher's {entries[0]['dfme_setting']}, not its strongest)"
-              if e["dfme_protection"] and entries[0]["final_pending"] else "")]
+             (f" (against the teacher's {e['teacher_setting']}, not its strongest{' so far' if t_open else ''}, "
+              f"{t_best})" if e["dfme_protection"] and e["teacher_setting"] != t_best else "")]
         for c in columns:
             k = e["knockoff"][c]
             cells += [_clone_text(k["clone"]) + (f", {k['budget']:,} q" if k["budget"] else ""),

@@ -212,6 +212,13 @@ def test_an_incomplete_grid_whose_best_so_far_lacks_headline_runs_says_so():
     line = comparison.headline_table(rows, ["a", "b", "c"])[2]
     assert "(grid incomplete, 1 setting(s) to run: c) (the grid's strongest so far is now b: its runs at this " \
            "budget are still to run)" in line and "best on validation so far" not in line
+    # a victim's 2M protection is against the teacher's a runs: said; one at 1M is against the teacher's b: not
+    rows += [*[_row("m", setting="a", budget=2000000, seed=s, val="0.5", clone="0.6") for s in (0, 1, 2)],
+             _row("w", setting="a", val="0.5", clone="0.6")]
+    lines = {ln.split(" | ")[0]: ln for ln in comparison.headline_table(rows, ["a", "b", "c"])[2:5]}
+    assert "(3) (against the teacher's a, not its strongest so far, b) |" in lines["| m"]
+    assert comparison.headline(rows, ["a", "b", "c"])[2]["teacher_setting"] == "b"
+    assert "| -10.00 (1 seed) |" in lines["| w"] and "against the teacher's" not in lines["| w"]
 
 
 def test_the_full_grid_list_shows_settings_not_run_yet():
@@ -419,7 +426,7 @@ def test_a_final_run_with_a_setting_no_longer_the_strongest_is_said():
     lines = comparison.headline_table(rows, ["a", "b"])
     assert "dfme a, 2,000,000 queries (the grid's strongest is now b: its runs at this budget are still to run)" \
         in lines[2]
-    assert "+0.00 ± 0.00 [+0.00, +0.00] (2) (against the teacher's a, not its strongest) |" in lines[3]
+    assert "+0.00 ± 0.00 [+0.00, +0.00] (2) (against the teacher's a, not its strongest, b) |" in lines[3]
     rows += [_row("teacher", setting="b", budget=2000000, seed=s, clone="0.75") for s in (0, 1)]
     t, _ = comparison.headline(rows, ["a", "b"])
     assert t["final_pending"] is None and t["dfme_setting"] == "b"
