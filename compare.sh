@@ -51,6 +51,7 @@ done
 GRID_TAG="${ATTACK_TAG:+$ATTACK_TAG-}grid"
 NAMES=()
 for entry in "${DFME_GRID[@]}"; do read -r name _ <<< "$entry"; NAMES+=("$name"); done
+distinct() { printf '%s\n' "$@" | awk '!seen[$0]++'; }  # words...: each once, in first-seen order
 in_list() {  # word list...: is the word one of the list's
     local w
     for w in "${@:2}"; do [ "$w" = "$1" ] && return 0; done
@@ -240,7 +241,7 @@ if phase final; then
             fi
             [ -z "${BEST[$victim]:-}" ] && continue  # waits for the bare model's grid
             # shellcheck disable=SC2046
-            searched=$(printf '%s\n' "${BEST[$victim]}" $(aware_for "$defense") | awk '!seen[$0]++')
+            searched=$(distinct "${BEST[$victim]}" $(aware_for "$defense"))
             for name in $searched; do
                 # shellcheck disable=SC2086
                 best_attack "$victim" "$GRID_SEED" "$GRID_BUDGET" "$GRID_TAG" "$name" ${VICTIM[$victim]} --api_defense "$defense"
@@ -269,7 +270,7 @@ if phase final; then
             continue
         fi
         [ -z "${BEST[misleader]:-}" ] && continue  # waits for MISLEADER's grid
-        for name in $(printf '%s\n' "${BEST[misleader]}" "${VARIANT_GRID[@]}" | awk '!seen[$0]++'); do
+        for name in $(distinct "${BEST[misleader]}" "${VARIANT_GRID[@]}"); do
             # shellcheck disable=SC2086
             best_attack "$victim" "$GRID_SEED" "$GRID_BUDGET" "$GRID_TAG" "$name" ${VICTIM[$victim]}
         done
