@@ -51,6 +51,9 @@ class DisGUIDEConfig(DFMEConfig):
                 raise UserError(f"--{name} must not be negative, got {getattr(self, name)}")
         if self.replay_size == 0 and self.rep_iter:
             raise UserError(f"--rep_iter {self.rep_iter} trains on replayed queries, but --replay_size 0 keeps none")
+        if self.replay_size and not (self.replay_batch or self.rep_iter):
+            raise UserError(f"--replay_size {self.replay_size} keeps queries that nothing reads (--replay_batch 0 "
+                            "and --rep_iter 0): give --replay_size 0, or --replay_batch or --rep_iter above 0")
 
 
 def disguide_models(arch, num_classes, in_channels, nz, ngf, seed):

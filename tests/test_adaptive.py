@@ -435,7 +435,8 @@ def test_replay_only_clone_steps_follow_the_fresh_ones_and_ask_nothing():
     assert step().item() == pytest.approx(hand.item(), rel=1e-5)
     assert "rep_iter=3" in settings_text(attack.cfg).split() and "rep_iter" not in settings_text(DisGUIDEConfig())
     for bad, msg in (({"rep_iter": -1}, "--rep_iter must not be negative"),
-                     ({"rep_iter": 2, "replay_size": 0}, "--replay_size 0 keeps none")):
+                     ({"rep_iter": 2, "replay_size": 0}, "--replay_size 0 keeps none"),
+                     ({"replay_batch": 0}, "--replay_size 100000 keeps queries that nothing reads")):
         with pytest.raises(UserError, match=msg):
             DisGUIDEConfig(**bad).validate()
 
