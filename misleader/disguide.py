@@ -173,10 +173,13 @@ class DisGUIDE(DFME):
         return g_loss, s_loss
 
     def student_step(self):
-        """One update of both clones: a fresh batch asked once (batch_size queries) plus replayed queries and
-        answers, then the fresh batch joins the buffer. Returns the clones' mean loss."""
+        """One update of both clones: a fresh batch asked once (batch_size queries, sampled with the generator in
+        eval mode) plus replayed queries and answers, then the fresh batch joins the buffer. Returns the clones'
+        mean loss."""
         cfg = self.cfg
-        x = self.sample(grad=False)
+        self.generator.eval()  # as published: the queries come from BatchNorm's running statistics, which this
+        x = self.sample(grad=False)  # sample leaves as they are (DFME samples in train mode, batch statistics)
+        self.generator.train()
         t = self.victim_targets(x)
         xs, ts = x, t
         if cfg.replay_batch and len(self.replay):
