@@ -1,0 +1,49 @@
+"""The fashionmnist_v2 evaluation's checkpoints are committed: every one of its rows in results/results.csv must be
+recomputable from a clean clone (victim and clone accuracy, fidelity, validation accuracy, query count).
+
+The first evaluation's checkpoints lived on one machine only and were lost with it; this test is what keeps that
+from happening again: a row added without its checkpoints, or one that no longer matches them, fails here.
+"""
+import os
+
+import pytest
+
+from misleader import data as D
+from misleader import report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSV = os.path.join(REPO, "results", "results.csv")
+CONFIG = "fashionmnist_v2"
+
+
+VICTIMS = ["Defense/cache/teacher/fashionmnist-lenet5-v2.pt", "Defense/cache/defense/fashionmnist-lenet5-v2.pt",
+           "Defense/cache/defense/fashionmnist-lenet5half-v2.pt", "Defense/cache/defense/fashionmnist-lenet5fifth-v2.pt",
+           "Defense/ensemble/fashionmnist-v2.pt"]
+
+
+def _need_fashion():
+    if not os.path.isdir(D.SYSTEM_FASHION_MNIST) and not os.path.isdir(os.path.join(REPO, "data", "FashionMNIST")):
+        pytest.skip("Fashion-MNIST is not on this machine (Debian's dataset-fashion-mnist)")
+
+
+def test_committed_victims_load_and_score_what_they_recorded():
+    from misleader import checkpoint
+    from misleader.evaluate import accuracy
+    _need_fashion()
+    info = D.dataset_info("fashionmnist")
+    data = D.load_dataset("fashionmnist", os.path.join(REPO, "data"))
+    for rel in VICTIMS:
+        model = checkpoint.load_victim(os.path.join(REPO, rel), info, None)[0].eval()
+        recorded = checkpoint.load(os.path.join(REPO, rel))["metrics"]
+        assert accuracy(model, data.test, data.normalize) == pytest.approx(recorded["test_acc"], abs=1e-6), rel
+        assert accuracy(model, data.val, data.normalize) == pytest.approx(recorded["val_acc"], abs=1e-6), rel
+
+
+def test_every_fashionmnist_v2_row_verifies_from_committed_checkpoints():
+    rows = report.filter_config(report.load_results(CSV, report.VERIFY_COLUMNS), CONFIG, CSV)
+    assert rows, f"no {CONFIG} rows in {CSV}"
+    _need_fashion()
+    res = report.verify(CSV, data_root=os.path.join(REPO, "data"), device="cpu", config=CONFIG)
+    wrong = [(i, f, c, v) for i, f, c, v, ok in res if not ok]
+    assert not wrong
+    assert {i for i, *_ in res} == set(range(len(rows)))
