@@ -7,6 +7,9 @@
 source configs/fashionmnist.sh
 TAG=v2
 ATTACK_TAG="v2-g32-late"
+# The victims are committed: teacher.sh and train.sh keep them ("already done") instead of retraining them on
+# this machine's CPU into other weights; delete a file to retrain it.
+RESUME=1
 # The output defenses are fashionmnist's, with adaptive misinformation's thresholds chosen anew on these victims'
 # validation split at 1 and 2 points of cost (python Defense/choose_tau.py --dataset fashionmnist --victim teacher
 # --teacher_tag v2 --misinfo Defense/cache/misinfo/fashionmnist-lenet5-v2.pt --nu 1000 --cost 1 2: raw 89.34 %,

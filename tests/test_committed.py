@@ -47,3 +47,26 @@ def test_every_fashionmnist_v2_row_verifies_from_committed_checkpoints():
     wrong = [(i, f, c, v) for i, f, c, v, ok in res if not ok]
     assert not wrong
     assert {i for i, *_ in res} == set(range(len(rows)))
+
+
+def test_teacher_sh_keeps_the_committed_v2_teacher(tmp_path):
+    """CONFIG=fashionmnist_v2 bash teacher.sh must not retrain the committed teacher (another CPU gives other weights,
+    and the committed rows were made against these)."""
+    import hashlib
+    import shutil
+    import subprocess
+
+    rel = VICTIMS[0]
+    for item in ("misleader", "Defense", "configs", "teacher.sh"):
+        src = os.path.join(REPO, item)
+        if os.path.isdir(src):
+            shutil.copytree(src, tmp_path / item, ignore=shutil.ignore_patterns("__pycache__", "*.lock"))
+        else:
+            shutil.copy(src, tmp_path / item)
+    digest = hashlib.md5(open(tmp_path / rel, "rb").read()).hexdigest()
+    env = {**os.environ, "CONFIG": CONFIG, "MISLEADER_OFFLINE": "1", "PYTHONPATH": str(tmp_path)}
+    env.pop("RESUME", None)
+    proc = subprocess.run(["bash", "teacher.sh"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "already done" in proc.stdout
+    assert hashlib.md5(open(tmp_path / rel, "rb").read()).hexdigest() == digest
