@@ -1,6 +1,21 @@
 """Shared test helpers (not tests)."""
 
+import os
+import shutil
+
 import torch.nn as nn
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def copy_repo(dest, items, ignore=("__pycache__",)):
+    """The repository's ``items`` (folders and files) copied into ``dest``, folders without ``ignore``'s patterns."""
+    for item in items:
+        src = os.path.join(REPO, item)
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(dest, item), ignore=shutil.ignore_patterns(*ignore))
+        else:
+            shutil.copy(src, os.path.join(dest, item))
 
 
 class Counting(nn.Module):

@@ -10,6 +10,7 @@ import pytest
 
 from misleader import data as D
 from misleader import report
+from helpers import copy_repo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSV = os.path.join(REPO, "results", "results.csv")
@@ -53,16 +54,10 @@ def test_teacher_sh_keeps_the_committed_v2_teacher(tmp_path):
     """CONFIG=fashionmnist_v2 bash teacher.sh must not retrain the committed teacher (another CPU gives other weights,
     and the committed rows were made against these)."""
     import hashlib
-    import shutil
     import subprocess
 
     rel = VICTIMS[0]
-    for item in ("misleader", "Defense", "configs", "teacher.sh"):
-        src = os.path.join(REPO, item)
-        if os.path.isdir(src):
-            shutil.copytree(src, tmp_path / item, ignore=shutil.ignore_patterns("__pycache__", "*.lock"))
-        else:
-            shutil.copy(src, tmp_path / item)
+    copy_repo(tmp_path, ("misleader", "Defense", "configs", "teacher.sh"), ignore=("__pycache__", "*.lock"))
     digest = hashlib.md5(open(tmp_path / rel, "rb").read()).hexdigest()
     env = {**os.environ, "CONFIG": CONFIG, "MISLEADER_OFFLINE": "1", "PYTHONPATH": str(tmp_path)}
     env.pop("RESUME", None)

@@ -2,11 +2,11 @@
 
 import csv
 import os
-import shutil
 import subprocess
 
 import pytest
 import torch
+from helpers import copy_repo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,12 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
-    for item in ("misleader", "Defense", "DFME", "configs", "teacher.sh", "train.sh", "test.sh", "compare.sh", "report.sh"):
-        src = os.path.join(REPO, item)
-        if os.path.isdir(src):
-            shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("cache", "ensemble", "__pycache__"))
-        else:
-            shutil.copy(src, root / item)
+    copy_repo(root, ("misleader", "Defense", "DFME", "configs", "teacher.sh", "train.sh", "test.sh", "compare.sh",
+                     "report.sh"), ignore=("cache", "ensemble", "__pycache__"))
     env = {**os.environ, "CONFIG": "smoke", "MISLEADER_OFFLINE": "1", "PYTHONPATH": str(root)}
     logs = {}
     for stage in ("teacher.sh", "train.sh", "test.sh"):
