@@ -3,12 +3,12 @@ disagreement, against a victim behind the counted black-box API.
 
 Each iteration: g_iter generator steps through the two clones alone (the generator maximises their disagreement,
 with a class-diversity term; no victim query, no zeroth-order estimate), then d_iter clone steps (a fresh generator
-batch, sampled with the generator in eval mode as in the published code, is asked once; both clones learn its
-answers plus --replay_batch earlier queries and answers from a replay buffer), then --rep_iter clone steps on
-replayed queries alone. Queries per iteration: batch_size * d_iter; the attack stops when the budget cannot pay for
-another. The clone reported (results row, checkpoint, clone_acc) is the FIRST clone: one --student_model like
-DFME's student, starting from the weights DFME's student starts from at the same seed (the generator too). The
-second clone's test accuracy is logged each epoch (clone2_acc).
+batch, sampled with the generator in train mode as DFME's (the published code: eval mode), is asked once; both
+clones learn its answers plus --replay_batch earlier queries and answers from a replay buffer), then --rep_iter
+clone steps on replayed queries alone. Queries per iteration: batch_size * d_iter; the attack stops when the budget
+cannot pay for another. The clone reported (results row, checkpoint, clone_acc) is the FIRST clone: one
+--student_model like DFME's student, starting from the weights DFME's student starts from at the same seed (the
+generator too). The second clone's test accuracy is logged each epoch (clone2_acc).
 
 Settings. The paper's method: two clones, a generator trained on their disagreement only, a class-diversity
 term, experience replay. The defaults are DFME's, which DisGUIDE builds on: DFME's generator, Adam 1e-4; clone
