@@ -10,9 +10,8 @@ import pytest
 
 from misleader import data as D
 from misleader import report
-from helpers import copy_repo
+from helpers import REPO, copy_repo
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSV = os.path.join(REPO, "results", "results.csv")
 CONFIG = "fashionmnist_v2"
 
