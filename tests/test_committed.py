@@ -17,8 +17,8 @@ CONFIG = "fashionmnist_v2"
 
 
 VICTIMS = ["Defense/cache/teacher/fashionmnist-lenet5-v2.pt", "Defense/cache/defense/fashionmnist-lenet5-v2.pt",
-           "Defense/cache/defense/fashionmnist-lenet5half-v2.pt", "Defense/cache/defense/fashionmnist-lenet5fifth-v2.pt",
-           "Defense/ensemble/fashionmnist-v2.pt"]
+           "Defense/cache/defense/fashionmnist-lenet5half-v2.pt",
+           "Defense/cache/defense/fashionmnist-lenet5fifth-v2.pt", "Defense/ensemble/fashionmnist-v2.pt"]
 
 
 def _need_fashion():

@@ -8,8 +8,6 @@ import pytest
 import torch
 from helpers import copy_repo
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
