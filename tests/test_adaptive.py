@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
-from helpers import Counting
+from helpers import REPO, Counting
 
 from misleader import checkpoint
 from misleader.api_defense import APIDefense, mirror, parse_spec, reverse_sigmoid
@@ -27,7 +27,6 @@ from misleader.losses import per_sample_disagreement, student_loss
 from misleader.models import Generator, create_model
 from misleader.victim import BlackBox
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")
 
 

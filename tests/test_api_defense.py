@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
-from helpers import Counting
+from helpers import REPO, Counting
 
 from misleader import api_defense, checkpoint, data, paths, report
 from misleader.api_defense import adaptive_misinformation, reverse_sigmoid, rounding, topk
@@ -23,7 +23,6 @@ from misleader.models import create_model
 from misleader.results import COLUMNS, append_row, read_rows
 from misleader.victim import BlackBox, BudgetExceeded
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 X = torch.zeros(2, 1)  # the query batch, for the defenses that do not look at it
 
 

@@ -8,8 +8,7 @@ import subprocess
 import pytest
 
 from misleader import comparison, report
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 
 
 def _row(label, attack="dfme", budget=1000000, seed=0, clone="0.5000", val="", setting="", settings="", vacc="0.9000",

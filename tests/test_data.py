@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 

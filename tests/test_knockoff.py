@@ -8,15 +8,13 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import Counting
+from helpers import REPO, Counting
 
 from misleader import checkpoint
 from misleader.errors import UserError
 from misleader.knockoff import query_transfer_set, soft_cross_entropy, to_channels, transfer_indices
 from misleader.models import create_model
 from misleader.victim import BlackBox, BudgetExceeded
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _knockoff():

@@ -28,8 +28,7 @@ from misleader.dfme import DFME, DFMEConfig
 from misleader.losses import member_loss
 from misleader.models import Generator, create_model
 from misleader.victim import BlackBox
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 
 
 def cosine(a, b):

@@ -15,8 +15,7 @@ from misleader.dfme import DFME, DFMEConfig, attacker_models, lr_factor
 from misleader.ensemble import SoftVotingEnsemble, ensemble_payload
 from misleader.models import Generator, create_model
 from misleader.victim import BlackBox
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 
 
 def _script(path):

@@ -14,8 +14,8 @@ import torch
 
 from misleader import checkpoint
 from misleader.models import create_model
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 
 

@@ -14,8 +14,8 @@ from misleader.errors import UserError
 from misleader.models import create_model
 from misleader.results import COLUMNS
 from misleader.evaluate import predict
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
