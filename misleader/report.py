@@ -497,9 +497,13 @@ def write_report(csv_path, out_dir, config=None, grid_names=None, aware=(), vari
 
 # ----------------------------------------------------------------------------- verification
 
-def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5):
+def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5, recompute=None):
     """Recompute victim_acc, clone_acc, fidelity and (where recorded) clone_val_acc of every row from its
     checkpoints, and read queries_used from the attack checkpoint.
+
+    ``recompute``: the row indices whose accuracies are recomputed (None: all). The other rows get the cheap
+    checks only: both checkpoints are there, the attack checkpoint loads and matches the row's dataset, and its
+    query count equals the row's.
 
     Returns [(row index, field, csv value, recomputed value, ok), ...]; an accuracy is rounded to the CSV's
     4 decimals before the comparison |recomputed - csv| <= tolerance; the query count must be equal. The row
@@ -536,6 +540,11 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
         apath, vpath = found["attack_path"], found["victim_path"]
         ck = checkpoint.check(checkpoint.load(apath), apath, kind="attack", dataset=name,
                               num_classes=info.num_classes, in_channels=info.in_channels)
+        if recompute is not None and i not in recompute:
+            used = float((ck.get("metrics") or {}).get("queries_used", float("nan")))
+            csv_used = _num(r, "queries_used", i)
+            out.append((i, "queries_used", csv_used, used, used == csv_used))
+            continue
         run_args = ck.get("args") or {}
         dkey = (name, run_args.get("val_size"), run_args.get("split_seed", 0))  # the run's validation split
         if dkey not in datasets:

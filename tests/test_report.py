@@ -194,6 +194,10 @@ def test_verify_ok_then_mismatch(tmp_path, capsys):
     res = report.verify(bad, device="cpu")
     wrong = [(i, f, c) for i, f, c, _, ok in res if not ok]
     assert wrong == [(1, "clone_acc", pytest.approx(bad_value)), (2, "queries_used", 199807)]
+    # rows outside ``recompute`` get the query count checked, not the accuracies
+    res = report.verify(bad, device="cpu", recompute={0})
+    assert [(i, f, ok) for i, f, _, _, ok in res if i] == [(1, "queries_used", True), (2, "queries_used", False)]
+    assert {f for i, f, *_ in res if i == 0} == {"victim_acc", "clone_acc", "fidelity", "queries_used"}
 
     # the command line: one line per row, exit code 1 on a mismatch
     capsys.readouterr()
