@@ -540,8 +540,8 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
         apath, vpath = found["attack_path"], found["victim_path"]
         ck = checkpoint.check(checkpoint.load(apath), apath, kind="attack", dataset=name,
                               num_classes=info.num_classes, in_channels=info.in_channels)
+        used = float((ck.get("metrics") or {}).get("queries_used", float("nan")))
         if recompute is not None and i not in recompute:
-            used = float((ck.get("metrics") or {}).get("queries_used", float("nan")))
             csv_used = _num(r, "queries_used", i)
             out.append((i, "queries_used", csv_used, used, used == csv_used))
             continue
@@ -569,7 +569,7 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
         clone_acc, fidelity = clone_metrics(student, test_x, y, victim_pred, amp)
         recomputed = {"victim_acc": (victim_pred == y).float().mean().item(), "clone_acc": clone_acc,
                       "fidelity": fidelity,
-                      "queries_used": (ck.get("metrics") or {}).get("queries_used", float("nan"))}
+                      "queries_used": used}
         fields = VERIFIED_FIELDS
         if r.get("clone_val_acc"):  # rows written before the column existed have none to check
             recomputed["clone_val_acc"] = accuracy(student, data.val, data.normalize, amp)

@@ -3,7 +3,8 @@ its checkpoints in a clean clone, with the row's query count; the newest rows' v
 and validation accuracy are recomputed (all of them: `bash report.sh --config fashionmnist_v2 --verify 1`).
 
 The first evaluation's checkpoints lived on one machine only and were lost with it; this test is what keeps that
-from happening again: a row added without its checkpoints, or one that no longer matches them, fails here.
+from happening again: a row added without its checkpoints, or whose query count no longer matches them, fails
+here.
 """
 import os
 
