@@ -540,10 +540,9 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
         apath, vpath = found["attack_path"], found["victim_path"]
         ck = checkpoint.check(checkpoint.load(apath), apath, kind="attack", dataset=name,
                               num_classes=info.num_classes, in_channels=info.in_channels)
-        used = float((ck.get("metrics") or {}).get("queries_used", float("nan")))
+        used = (ck.get("metrics") or {}).get("queries_used", float("nan"))
         if recompute is not None and i not in recompute:
-            csv_used = _num(r, "queries_used", i)
-            out.append((i, "queries_used", csv_used, used, used == csv_used))
+            out += _compared(i, r, {"queries_used": used}, ("queries_used",), tolerance)
             continue
         run_args = ck.get("args") or {}
         dkey = (name, run_args.get("val_size"), run_args.get("split_seed", 0))  # the run's validation split
@@ -577,14 +576,22 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
         del student
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        for field in fields:
-            csv_value = _num(r, field, i)
-            if field == "queries_used":
-                value = float(recomputed[field])
-                out.append((i, field, csv_value, value, value == csv_value))
-                continue
-            value = float(f"{recomputed[field]:.4f}")
-            out.append((i, field, csv_value, value, abs(value - csv_value) <= tolerance))
+        out += _compared(i, r, recomputed, fields, tolerance)
+    return out
+
+
+def _compared(i, r, recomputed, fields, tolerance):
+    """verify's (row index, field, csv value, recomputed value, ok) for ``fields`` of row ``i``: the query count
+    must be equal, an accuracy within ``tolerance`` once rounded to the CSV's 4 decimals."""
+    out = []
+    for field in fields:
+        csv_value = _num(r, field, i)
+        if field == "queries_used":
+            value = float(recomputed[field])
+            out.append((i, field, csv_value, value, value == csv_value))
+            continue
+        value = float(f"{recomputed[field]:.4f}")
+        out.append((i, field, csv_value, value, abs(value - csv_value) <= tolerance))
     return out
 
 
