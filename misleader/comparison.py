@@ -372,6 +372,35 @@ def grid_table(rows, grid_names=None):
     return lines
 
 
+def knockoff_curve_table(rows):
+    """Markdown lines of the Knockoff budget curves: for each pool and answer type (``_attack_columns``) on which a
+    victim has Knockoff runs at two budgets or more, the clone's test accuracy per budget and victim (mean over
+    seeds) and each victim's protection, paired by seed with the bare teacher's runs at the same budget; victims
+    with one budget there are left out. [] without a curve."""
+    teacher, lines = (TEACHER, "none"), []
+    for title, pool, output in _attack_columns(rows):
+        runs = {}  # victim key -> {budget: [row indices]}
+        for i, r in enumerate(rows):
+            if (r.get("attack") == "knockoff" and not flag(r, "probs_as_logits") and _output(r) == output
+                    and settings_items(r).get("pool") == pool):
+                runs.setdefault(victim_key(r), {}).setdefault(num(r, "query_budget", i, int), []).append(i)
+        keys = sorted((k for k in runs if len(runs[k]) >= 2), key=lambda k: k != teacher)
+        if not keys:
+            continue
+        others = [k for k in keys if k != teacher] if teacher in runs else []
+        head = ["queries"] + [f"{victim_name(k)} clone (%)" for k in keys] + \
+            [f"{victim_name(k)} protection (pts)" for k in others]
+        lines += [(f"{title}: clone test accuracy by query budget; protection paired by seed with the bare "
+                   "teacher's runs at the same budget."), "", "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+        for b in sorted({b for k in keys for b in runs[k]}):
+            t = _by_seed(rows, runs.get(teacher, {}).get(b, []))
+            cells = [f"{b:,}"] + [_clone_text(_by_seed(rows, runs[k].get(b, []))) for k in keys] + \
+                [protection_text(paired(t, _by_seed(rows, runs[k].get(b, []))) if t else None) for k in others]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines[:-1]
+
+
 def _clone_text(by_seed):
     if not by_seed:
         return "-"

@@ -472,6 +472,9 @@ def write_report(csv_path, out_dir, config=None, grid_names=None, aware=(), vari
     grid = comparison.grid_table(rows, grid_names) if one else []
     if grid:
         lines += ["## The data-free attack grid", ""] + grid + [""]
+    curve = comparison.knockoff_curve_table(rows) if one else []
+    if curve:
+        lines += ["## Knockoff budget curve", ""] + curve + [""]
     lines += ["## Every run", "",
               "Accuracies are on the test set, in percent, averaged over seeds (± is the sample standard deviation). "
               "Fidelity is the fraction of test images on which the clone agrees with the victim.", ""]

@@ -429,3 +429,25 @@ def test_a_final_run_with_a_setting_no_longer_the_strongest_is_said():
     rows += [_row("teacher", setting="b", budget=2000000, seed=s, clone="0.75") for s in (0, 1)]
     t, _ = comparison.headline(rows, ["a", "b"])
     assert t["final_pending"] is None and t["dfme_setting"] == "b"
+
+
+def test_knockoff_budget_curve_pairs_each_budget_with_the_teachers_runs():
+    ko = "pool=fashionmnist"
+    rows = [_row("teacher", "knockoff", budget=2000, clone="0.80", settings=ko),
+            _row("teacher", "knockoff", budget=20000, clone="0.88", settings=ko),
+            _row("teacher", "knockoff", budget=20000, seed=1, clone="0.86", settings=ko),
+            _row("misleader", "knockoff", budget=2000, clone="0.75", settings=ko),
+            _row("misleader", "knockoff", budget=20000, clone="0.85", settings=ko),
+            _row("misleader", "knockoff", budget=20000, seed=1, clone="0.82", settings=ko),
+            _row("lambda0", "knockoff", budget=20000, clone="0.87", settings=ko),  # one budget: no curve of its own
+            _row("teacher", "knockoff", budget=2000, clone="0.10", settings="pool=synthetic"),  # one budget per pool
+            _row("teacher", "knockoff", budget=2000, clone="0.70", settings=ko + " victim_output=label")]
+    lines = comparison.knockoff_curve_table(rows)
+    assert lines[0].startswith("Knockoff fashionmnist: clone test accuracy")
+    table = [ln for ln in lines if ln.startswith("| ")]
+    assert table[0] == "| queries | teacher clone (%) | misleader clone (%) | misleader protection (pts) |"
+    assert table[1] == "| 2,000 | 80.00 (1 seed) | 75.00 (1 seed) | +5.00 (1 seed) |"
+    # seeds 0 and 1: differences 3 and 4 points, mean 3.5, std 0.71, t(1) = 12.706: half-width 6.35
+    assert table[2] == "| 20,000 | 87.00 ± 1.41 (2) | 83.50 ± 2.12 (2) | +3.50 ± 0.71 [-2.85, +9.85] (2) |"
+    assert len(table) == 3  # the synthetic pool and label-only answers have one budget each: no curve
+    assert comparison.knockoff_curve_table([r for r in rows if r["query_budget"] != "2000"]) == []  # one budget

@@ -307,3 +307,17 @@ def test_git_commit_is_dirty_for_code_not_for_results(tmp_path):
     assert git_commit(str(tmp_path)) == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_commit(str(tmp_path)) == clean + "-dirty"
+
+
+def test_report_has_the_knockoff_budget_curve_when_a_victim_has_two_budgets(tmp_path):
+    rows = [_row(label=v, attack="knockoff", query_budget=b, queries_used=b, settings="pool=fashionmnist", seed=0,
+                 clone_acc=acc, clone_best_acc=acc, fidelity=acc, victim_acc="0.9", served_acc="0.9",
+                 api_defense="none")
+            for v, b, acc in [("teacher", 2000, "0.8"), ("teacher", 20000, "0.9"), ("misleader", 2000, "0.7"),
+                              ("misleader", 20000, "0.85")]]
+    with open(report.write_report(_write_csv(tmp_path / "r.csv", rows), str(tmp_path / "out"))[0]) as f:
+        md = f.read()
+    assert "## Knockoff budget curve" in md
+    assert "| 20,000 | 90.00 (1 seed) | 85.00 (1 seed) | +5.00 (1 seed) |" in md.splitlines()
+    with open(report.write_report(_write_csv(tmp_path / "r1.csv", rows[1::2]), str(tmp_path / "out1"))[0]) as f:
+        assert "budget curve" not in f.read()  # one budget per victim: no curve
