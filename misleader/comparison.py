@@ -211,13 +211,18 @@ def final_dfme(rows, key, grid_info, budget=None):
     return name, budget, idx
 
 
+def _is_knockoff(row, pool, output):
+    """A Knockoff run on ``pool`` with ``output`` answers (rows with --probs_as_logits take no part)."""
+    return (row.get("attack") == "knockoff" and not flag(row, "probs_as_logits") and _output(row) == output
+            and settings_items(row).get("pool") == pool)
+
+
 def knockoff_runs(rows, key, pool, output="probs", budget=None):
     """(budget, [row indices]) of the victim's Knockoff runs on ``pool`` with ``output`` answers at ``budget``
     (default: the budget with the most seeds; ties: the larger); (None, []) without any."""
     by_budget = {}
     for i, r in enumerate(rows):
-        if (victim_key(r) == key and r.get("attack") == "knockoff" and not flag(r, "probs_as_logits")
-                and _output(r) == output and settings_items(r).get("pool") == pool):
+        if victim_key(r) == key and _is_knockoff(r, pool, output):
             by_budget.setdefault(num(r, "query_budget", i, int), []).append(i)
     if budget is None and by_budget:
         budget = max(by_budget, key=lambda b: (len(by_budget[b]), b))
@@ -381,8 +386,7 @@ def knockoff_curve_table(rows):
     for title, pool, output in _attack_columns(rows):
         runs = {}  # victim key -> {budget: [row indices]}
         for i, r in enumerate(rows):
-            if (r.get("attack") == "knockoff" and not flag(r, "probs_as_logits") and _output(r) == output
-                    and settings_items(r).get("pool") == pool):
+            if _is_knockoff(r, pool, output):
                 runs.setdefault(victim_key(r), {}).setdefault(num(r, "query_budget", i, int), []).append(i)
         keys = sorted((k for k in runs if len(runs[k]) >= 2), key=lambda k: k != teacher)
         if not keys:
@@ -394,8 +398,9 @@ def knockoff_curve_table(rows):
                    "teacher's runs at the same budget."), "", "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
         for b in sorted({b for k in keys for b in runs[k]}):
             t = _by_seed(rows, runs.get(teacher, {}).get(b, []))
-            cells = [f"{b:,}"] + [_clone_text(_by_seed(rows, runs[k].get(b, []))) for k in keys] + \
-                [protection_text(paired(t, _by_seed(rows, runs[k].get(b, []))) if t else None) for k in others]
+            clone = {k: _by_seed(rows, runs[k].get(b, [])) for k in keys}
+            cells = [f"{b:,}"] + [_clone_text(clone[k]) for k in keys] + \
+                [protection_text(paired(t, clone[k]) if t else None) for k in others]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines[:-1]
