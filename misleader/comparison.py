@@ -131,13 +131,16 @@ def strongest(rows, victim, names, budget, seed, api_defense="none"):
     """(the name in ``names`` whose grid run against ``victim`` (budget queries, seed, served with
     ``api_defense``) has the highest clone accuracy on the validation split, the names without such a run yet);
     the name is None until every name has its run. Ties go to the earlier name. The test set plays no part."""
-    val = {}
+    val, at = {}, {}
     for i, r in enumerate(rows):
         name = field(r, "setting")
         if (label(r) != victim or r.get("attack") not in GENERATOR_ATTACKS or name not in names
                 or field(r, "api_defense") != api_defense or flag(r, "probs_as_logits") or _output(r) != "probs"
                 or num(r, "query_budget", i, int) != budget or num(r, "seed", i, int) != seed):
             continue
+        if name in at:  # a setting run twice: an error, not a choice by row order
+            _seed_rows(rows, [at[name], i])
+        at[name] = i
         if r.get("clone_val_acc"):
             val[name] = num(r, "clone_val_acc", i)
             if math.isnan(val[name]):
@@ -149,8 +152,38 @@ def strongest(rows, victim, names, budget, seed, api_defense="none"):
     return max(names, key=lambda n: (val[n], -names.index(n))), []
 
 
+def _seed_rows(rows, idx):
+    """{seed: row index} of rows ``idx``, one attack's runs; two rows on one seed are an error (a run made twice:
+    keeping either would be a silent choice)."""
+    out = {}
+    for i in idx:
+        s = num(rows[i], "seed", i, int)
+        if s in out:
+            j = out[s]
+            raise UserError(f"results rows {j} and {i}: two runs of one attack ({label(rows[i])}, "
+                            f"{rows[i].get('attack')} {field(rows[i], 'setting')}".rstrip() +
+                            f", {rows[i].get('query_budget')} queries) on seed {s}; remove the one that should not "
+                            "count from the results CSV")
+        out[s] = i
+    return out
+
+
+def _one_attack(rows, *groups):
+    """Raise UserError unless the rows of ``groups`` (row index lists averaged or paired as one attack) ran with
+    the same attack hyperparameters (the settings column) and clone architecture: otherwise a protection would
+    measure the difference in hyperparameters, not the defense."""
+    idx = [i for g in groups for i in g]
+    for i in idx[1:]:
+        for col in ("settings", "student_model"):
+            j, k = sorted((idx[0], i))
+            a, b = field(rows[j], col), field(rows[k], col)
+            if a != b:
+                raise UserError(f"results rows {j} and {k} are compared as one attack but differ in {col} "
+                                f"('{a}' against '{b}'): give one of them another setting name, or rerun it")
+
+
 def _by_seed(rows, idx):
-    return {num(rows[i], "seed", i, int): num(rows[i], "clone_acc", i) for i in idx}
+    return {s: num(rows[i], "clone_acc", i) for s, i in _seed_rows(rows, idx).items()}
 
 
 def _generator_rows(rows, key):
@@ -225,7 +258,7 @@ def knockoff_runs(rows, key, pool, output="probs", budget=None):
         if victim_key(r) == key and _is_knockoff(r, pool, output):
             by_budget.setdefault(num(r, "query_budget", i, int), []).append(i)
     if budget is None and by_budget:
-        budget = max(by_budget, key=lambda b: (len(by_budget[b]), b))
+        budget = max(by_budget, key=lambda b: (len({num(rows[i], "seed", i, int) for i in by_budget[b]}), b))
     return (budget, by_budget[budget]) if budget in by_budget else (None, [])
 
 
@@ -245,11 +278,11 @@ def _attack_columns(rows):
 def _val_by_seed(rows, idx):
     """{seed: clone validation accuracy} of rows ``idx`` that have one."""
     out = {}
-    for i in idx:
+    for s, i in _seed_rows(rows, idx).items():
         if rows[i].get("clone_val_acc"):
             v = num(rows[i], "clone_val_acc", i)
             if not math.isnan(v):
-                out[num(rows[i], "seed", i, int)] = v
+                out[s] = v
     return out
 
 
@@ -311,10 +344,12 @@ def headline(rows, grid_names=None, aware=(), variant_grid=()):
     out = []
     for key in keys:
         name, budget, idx = final_dfme(rows, key, grid_info)
+        _one_attack(rows, idx)
         d = _by_seed(rows, idx)
         protection, t_idx, t_name = None, [], None
         if key != teacher and budget is not None:
             t_name, t_budget, t_idx = final_dfme(rows, teacher, grid_info, budget)
+            _one_attack(rows, t_idx, idx if t_name == name else [])  # another setting: each its own strongest
             protection = paired(_by_seed(rows, t_idx), d) if t_budget == budget else None
         # the bare model's grid: its missing settings, else (defended) the search's; a complete grid whose
         # strongest setting has no runs at the headline's budget yet is said, not hidden
@@ -339,6 +374,7 @@ def headline(rows, grid_names=None, aware=(), variant_grid=()):
             kb, kidx = knockoff_runs(rows, key, pool, output)
             k = _by_seed(rows, kidx)
             tb, tidx = knockoff_runs(rows, teacher, pool, output, kb) if kb is not None else (None, [])
+            _one_attack(rows, kidx, tidx)
             entry["knockoff"][title] = {"budget": kb, "clone": k, "rows": kidx, "protection": None
                                         if key == teacher or tb is None else paired(_by_seed(rows, tidx), k)}
         # the verdict: this victim's strongest attack of all against the bare teacher's strongest of all
@@ -397,6 +433,7 @@ def knockoff_curve_table(rows):
         lines += [(f"{title}: clone test accuracy by query budget; protection paired by seed with the bare "
                    "teacher's runs at the same budget."), "", "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
         for b in sorted({b for k in keys for b in runs[k]}):
+            _one_attack(rows, *(runs[k].get(b, []) for k in keys))
             t = _by_seed(rows, runs.get(teacher, {}).get(b, []))
             clone = {k: _by_seed(rows, runs[k].get(b, [])) for k in keys}
             cells = [f"{b:,}"] + [_clone_text(clone[k]) for k in keys] + \
@@ -453,14 +490,18 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
             ([f"{e['served_l1']:.4f}"] if served else []) + \
             [attack, _clone_text(e["dfme"]), protection_text(e["dfme_protection"]) +
              (f" (against the teacher's {e['teacher_setting']}, not its strongest{' so far' if t_open else ''}, "
-              f"{t_best})" if e["dfme_protection"] and e["teacher_setting"] != t_best else "")]
+              f"{t_best})" if e["dfme_protection"] and e["teacher_setting"] != t_best else
+              f" (against the teacher's best so far, {t_best}: the teacher's grid incomplete)"
+              if e["dfme_protection"] and t_open else "")]
         for c in columns:
             k = e["knockoff"][c]
             cells += [_clone_text(k["clone"]) + (f", {k['budget']:,} q" if k["budget"] else ""),
                       protection_text(k["protection"])]
         o = e["overall"]
         cells += [o["attack"] or "-", _clone_text(o["clone"]),
-                  "no seed in common with the teacher's" if o["unpaired"] else protection_text(o["protection"])]
+                  "no seed in common with the teacher's" if o["unpaired"] else protection_text(o["protection"]) +
+                  (" (the teacher's grid incomplete: its strongest of all may still rise)"
+                   if o["protection"] and t_open else "")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Clone accuracy: mean ± sample std (seeds). Protection: the bare teacher's clone minus this victim's "
                   "clone under the same attack, budget and seed; mean ± std [95 % Student-t interval] (paired seeds). "

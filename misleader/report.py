@@ -634,7 +634,8 @@ def parse(argv):
     p.add_argument("--strongest", default=None, metavar="VICTIM",
                    help="instead of the report: print the name of VICTIM's (a label) strongest --grid setting, the one "
                         "whose run at --grid_budget and --grid_seed has the highest clone accuracy on the validation "
-                        "split; print nothing (and name the missing runs on stderr) until every setting has its run")
+                        "split; print nothing (and name the missing runs on stderr) until every setting has its run; "
+                        "needs --config when the CSV holds rows of several configs")
     p.add_argument("--grid", nargs="+", default=[],
                    help="the setting names of the data-free grid (compare.sh's DFME_GRID): for --strongest, and for "
                         "the report, where settings without a run yet are shown as missing")
@@ -662,6 +663,10 @@ def main(argv):
         if os.path.isfile(args.csv):  # no file or no rows of the config yet: no grid run is done
             with open(args.csv, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if args.config is None or (r.get("config") or "") == args.config]
+        configs = sorted({r.get("config") or "" for r in rows})
+        if len(configs) > 1:  # one config's grid must not be completed with another's runs
+            raise UserError(f"{args.csv} holds rows of {len(configs)} configs ({', '.join(configs)}): give --config "
+                            "with --strongest")
         from misleader import api_defense  # the row records the canonical spelling of the defense
 
         best, missing = comparison.strongest(rows, args.strongest, args.grid, round(args.grid_budget * 1e6),

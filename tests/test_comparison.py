@@ -6,9 +6,9 @@ import shutil
 import subprocess
 
 import pytest
+from helpers import REPO
 
 from misleader import comparison, report
-from helpers import REPO
 
 
 def _row(label, attack="dfme", budget=1000000, seed=0, clone="0.5000", val="", setting="", settings="", vacc="0.9000",
@@ -69,8 +69,8 @@ def test_strongest_is_chosen_on_validation_not_test():
 
 
 def test_strongest_cli_prints_the_name_or_nothing(tmp_path, capsys):
-    from tests.test_report import _write_csv
     from misleader.results import COLUMNS
+    from tests.test_report import _write_csv
     path = _write_csv(tmp_path / "r.csv", [_row("teacher", setting="a", val="0.6"),
                                            _row("teacher", setting="b", val="0.7")], COLUMNS)
     report.main(["--csv", path, "--config", "c", "--strongest", "teacher", "--grid", "a", "b", "--grid_budget", "1"])
@@ -217,7 +217,7 @@ def test_an_incomplete_grid_whose_best_so_far_lacks_headline_runs_says_so():
     lines = {ln.split(" | ")[0]: ln for ln in comparison.headline_table(rows, ["a", "b", "c"])[2:5]}
     assert "(3) (against the teacher's a, not its strongest so far, b) |" in lines["| m"]
     assert comparison.headline(rows, ["a", "b", "c"])[2]["teacher_setting"] == "b"
-    assert "| -10.00 (1 seed) |" in lines["| w"] and "against the teacher's" not in lines["| w"]
+    assert "| -10.00 (1 seed) (against the teacher's best so far, b: the teacher's grid incomplete) |" in lines["| w"]
 
 
 def test_the_full_grid_list_shows_settings_not_run_yet():
@@ -232,8 +232,8 @@ def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
     """compare.sh --list final with both grids complete: every defense meets its bare model's strongest setting
     (a: best on validation), and an aware setting (b from the grid, c from AWARE_GRID) only where AWARE_SETTINGS
     names the defense."""
-    from tests.test_report import _write_csv
     from misleader.results import COLUMNS
+    from tests.test_report import _write_csv
     _copy_compare(tmp_path)
     with open(tmp_path / "configs/aware.sh", "w") as f:
         f.write('source configs/smoke.sh\nCONFIG=c\nGRID_BUDGET=1\nDFME_GRID=("a dfme --steps 0.5" "b dfme --steps 0.3")\n'
@@ -451,3 +451,75 @@ def test_knockoff_budget_curve_pairs_each_budget_with_the_teachers_runs():
     assert table[2] == "| 20,000 | 87.00 ± 1.41 (2) | 83.50 ± 2.12 (2) | +3.50 ± 0.71 [-2.85, +9.85] (2) |"
     assert len(table) == 3  # the synthetic pool and label-only answers have one budget each: no curve
     assert comparison.knockoff_curve_table([r for r in rows if r["query_budget"] != "2000"]) == []  # one budget
+
+
+def test_runs_with_other_attack_settings_are_not_paired_as_one_attack():
+    """Two Knockoff runs that differ in their hyperparameters (or the clone's architecture) are not the same
+    attack: pairing them would measure the hyperparameters, not the defense."""
+    rows = [_row("teacher", "knockoff", budget=20000, clone="0.88", settings="pool=fashionmnist epochs=30"),
+            _row("misleader", "knockoff", budget=20000, clone="0.70", settings="pool=fashionmnist epochs=5")]
+    with pytest.raises(comparison.UserError, match="results rows 0 and 1 .*settings"):
+        comparison.headline(rows)
+    rows[1]["settings"] = rows[0]["settings"]
+    rows[1]["student_model"] = "resnet18"
+    with pytest.raises(comparison.UserError, match="student_model"):
+        comparison.headline(rows)
+    rows[1]["student_model"] = ""
+    assert comparison.headline(rows)[1]["knockoff"]["Knockoff fashionmnist"]["protection"]["mean"] == \
+        pytest.approx(0.18)
+    # data-free: one setting name with two sets of flags, on the teacher and the victim
+    rows = [_row("teacher", setting="a", val="0.8", settings="ngf=32"), _row("misleader", setting="a", val="0.6",
+                                                                               settings="ngf=16")]
+    with pytest.raises(comparison.UserError, match="settings"):
+        comparison.headline(rows)
+    with pytest.raises(comparison.UserError, match="settings"):
+        comparison.knockoff_curve_table(
+            [_row(v, "knockoff", budget=b, settings=f"pool=p epochs={e}") for v, e in (("teacher", 30), ("m", 5))
+             for b in (2000, 20000)])
+
+
+def test_two_runs_of_one_attack_on_one_seed_are_an_error_not_a_silent_choice():
+    """A run repeated on a seed (say, rerun after its checkpoint was removed) must not have one of its rows dropped
+    in silence, nor decide the strongest setting by row order."""
+    ko = "pool=fashionmnist"
+    rows = [_row("teacher", "knockoff", budget=20000, clone="0.88", settings=ko),
+            _row("teacher", "knockoff", budget=20000, clone="0.80", settings=ko),
+            _row("misleader", "knockoff", budget=20000, clone="0.80", settings=ko)]
+    with pytest.raises(comparison.UserError, match="results rows 0 and 1: two runs .* seed 0"):
+        comparison.headline(rows)
+    grid = [_row("teacher", setting="a", val="0.80"), _row("teacher", setting="a", val="0.70"),
+            _row("teacher", setting="b", val="0.75")]
+    with pytest.raises(comparison.UserError, match="results rows 0 and 1: two runs .* seed 0"):
+        comparison.strongest(grid, "teacher", ["a", "b"], 1000000, 0)
+
+
+def test_the_budget_with_the_most_seeds_counts_seeds_not_rows():
+    ko = "pool=fashionmnist"
+    rows = [*[_row("misleader", "knockoff", budget=20000, seed=s, settings=ko) for s in (0, 1)],
+            *[_row("misleader", "knockoff", budget=60000, seed=0, settings=ko + f" epochs={e}") for e in (10, 20, 30)]]
+    assert comparison.knockoff_runs(rows, ("misleader", "none"), "fashionmnist")[0] == 20000
+
+
+def test_a_protection_against_an_incomplete_teacher_grid_says_so():
+    """While the teacher's grid still has settings to run, a victim's protection is against the teacher's best so
+    far, which a missing setting may beat: the victim's cells say so, not only the teacher's row."""
+    rows = [_row("teacher", setting="a", val="0.80", clone="0.80"), _row("misleader", setting="a", val="0.60"),
+            _row("misleader", setting="b", val="0.70", clone="0.70")]
+    line = comparison.headline_table(rows, ["a", "b"])[3]
+    assert line.startswith("| misleader |")
+    dfme, overall = line.split(" | ")[5], line.split(" | ")[-1]
+    assert dfme.startswith("+10.00 (1 seed)") and "teacher's grid incomplete" in dfme
+    assert "teacher's grid incomplete" in overall
+    rows.append(_row("teacher", setting="b", val="0.75", clone="0.75"))  # complete: no such note
+    assert "incomplete" not in comparison.headline_table(rows, ["a", "b"])[3]
+
+
+def test_strongest_cli_does_not_complete_one_configs_grid_with_anothers_runs(tmp_path, capsys):
+    from misleader.results import COLUMNS
+    from tests.test_report import _write_csv
+    path = _write_csv(tmp_path / "r.csv", [_row("teacher", setting="a", val="0.6"),
+                                           _row("teacher", setting="b", val="0.7", config="old")], COLUMNS)
+    with pytest.raises(comparison.UserError, match="2 configs \\(c, old\\): give --config"):
+        report.main(["--csv", path, "--strongest", "teacher", "--grid", "a", "b"])
+    report.main(["--csv", path, "--config", "c", "--strongest", "teacher", "--grid", "a", "b"])
+    assert capsys.readouterr().out == ""  # config c alone has no run of b
