@@ -19,7 +19,8 @@ published CIFAR-10 script differs: clone SGD 0.03, milestones 0.4 0.8, 150 itera
 1 generator step, 1 clone step on the fresh batch and 3 on replayed batches alone (--d_iter 1 --rep_iter 3
 --replay_batch 0), the last 1,000,000 queries kept, diversity weight 0.2 on a disagreement measured as the
 clones' mean per-class standard deviation (this repository's L1 distance divided by C*sqrt(2): about 2.8 here
-with 10 classes), and it reports the clones' averaged softmax, where this repository reports the first clone.
+with 10 classes), and it reports the clones' averaged softmax, where this repository reports the first clone;
+its learning rate drops one epoch after a milestone's epoch, this repository's (DFME's) at its start.
 Chosen here: disagreement = L1 distance between the clones' softmax outputs; diversity = negative entropy of the
 batch's mean predicted class distribution, weight --div_weight 1. Adapted to 32x32 grayscale data: 1-channel
 generator images, clones of --student_model (lenet5) instead of the paper's CIFAR ResNets, and this

@@ -75,6 +75,9 @@ def class_diversity(*logits):
     """The negative entropy of the mean predicted class distribution over the batch and the clones: lowest
     (-log C) when the batch is spread evenly over the classes, 0 when every prediction is one class."""
     p = torch.stack([F.softmax(z, 1) for z in logits]).mean((0, 1))
+    # a class whose probability underflows to 0 would give xlogy a 0/0 (NaN) gradient; clamped at the smallest
+    # normal float it adds nothing to the gradient, and every other class's term is unchanged to the bit
+    p = p.clamp_min(torch.finfo(p.dtype).tiny)
     return torch.xlogy(p, p).sum()
 
 

@@ -106,13 +106,15 @@ def run_generator_attack(args, cfg, attack_name, build, log_name, title, state_k
         return
     attack, models, extra = build(cfg, stage)
     st = stage.run.load()
-    if st is not None:
+    resumed = st is not None
+    if resumed:
         attack.load_state_dict(st["attack"])
         print(f"resumed from {stage.run.file}: epoch {attack.epoch}, iteration {attack.itr}, "
               f"{stage.victim.used} queries used")
+    del st  # the loaded copy (a full replay buffer: 4 GB at 1M queries of 32x32) is not kept beside the live one
     log = RunLog(args.log_dir, log_name, stage.run_name, {**vars(args), "epochs": cfg.epochs,
                                                           "cost_per_iteration": cfg.cost_per_iteration},
-                 resume_step=attack.epoch if st is not None else None, tb_resume_step=stage.victim.used)
+                 resume_step=attack.epoch if resumed else None, tb_resume_step=stage.victim.used)
     print(f"{title} on {stage.label} ({stage.victim_path}, test acc {stage.victim_acc:.4f}): {models}, budget "
           f"{cfg.query_budget} queries, {cfg.cost_per_iteration} per iteration, {cfg.epochs} epochs, device "
           f"{stage.device}, amp {stage.amp or 'off'}, seed {args.seed}", flush=True)

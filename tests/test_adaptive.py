@@ -312,6 +312,21 @@ def test_disguide_losses_by_hand():
     assert class_diversity(torch.zeros(3, 4)).item() == pytest.approx(-math.log(4), rel=1e-6)  # even spread
 
 
+def test_class_diversity_has_a_finite_gradient_when_a_class_probability_underflows():
+    """A class no clone ever predicts (its softmax underflows to exactly 0) gives xlogy's 0 * log 0 a 0/0
+    gradient: NaN in the generator's weights, then a NonFiniteLoss that a resume repeats forever. The loss and the
+    gradient of every other class must stay what they were."""
+    z = torch.tensor([[0.0, 1.0, -120.0], [0.5, 0.0, -120.0]], requires_grad=True)  # exp(-120) is 0 in float32
+    v = class_diversity(z)
+    v.backward()
+    assert torch.isfinite(z.grad).all()
+    p = torch.softmax(z.detach(), 1).mean(0)
+    assert p[2].item() == 0.0 and v.item() == pytest.approx((p[:2] * p[:2].log()).sum().item(), rel=1e-6)
+    z2 = z.detach()[:, :2].clone().requires_grad_(True)  # the same classes without the empty one: same gradient
+    class_diversity(z2).backward()
+    assert torch.allclose(z.grad[:, :2], z2.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_replay_keeps_the_last_queries_and_round_trips():
     r = Replay(5, CPU)
     for start in (0, 3, 7):  # 3 + 4 + 2 queries: the last five are 4..8
