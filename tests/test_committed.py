@@ -20,7 +20,12 @@ CONFIG = "fashionmnist_v2"
 
 VICTIMS = ["Defense/cache/teacher/fashionmnist-lenet5-v2.pt", "Defense/cache/defense/fashionmnist-lenet5-v2.pt",
            "Defense/cache/defense/fashionmnist-lenet5half-v2.pt",
-           "Defense/cache/defense/fashionmnist-lenet5fifth-v2.pt", "Defense/ensemble/fashionmnist-v2.pt"]
+           "Defense/cache/defense/fashionmnist-lenet5fifth-v2.pt", "Defense/ensemble/fashionmnist-v2.pt",
+           # the controls: the same members trained with lambda = 0, and three lenet5 members (seeds 1-3)
+           *[f"Defense/cache/defense/fashionmnist-{a}-v2-lam0.pt" for a in ("lenet5", "lenet5half", "lenet5fifth")],
+           "Defense/ensemble/fashionmnist-v2-lam0.pt",
+           *[f"Defense/cache/defense/fashionmnist-lenet5-v2-homo{i}.pt" for i in (1, 2, 3)],
+           "Defense/ensemble/fashionmnist-v2-homo.pt"]
 
 
 def _need_fashion():
