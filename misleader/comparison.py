@@ -174,8 +174,8 @@ def _one_attack(rows, *groups):
     measure the difference in hyperparameters, not the defense."""
     idx = [i for g in groups for i in g]
     for i in idx[1:]:
+        j, k = sorted((idx[0], i))
         for col in ("settings", "student_model"):
-            j, k = sorted((idx[0], i))
             a, b = field(rows[j], col), field(rows[k], col)
             if a != b:
                 raise UserError(f"results rows {j} and {k} are compared as one attack but differ in {col} "
