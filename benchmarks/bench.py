@@ -24,12 +24,13 @@ import torch.nn.functional as F  # noqa: E402
 from misleader.data import Augment, DataBundle, Split, dataset_info  # noqa: E402
 from misleader.defense import DefenseStep  # noqa: E402
 from misleader.dfme import DFME, DFMEConfig  # noqa: E402
+from misleader.disguide import DisGUIDE, DisGUIDEConfig  # noqa: E402
 from misleader.ensemble import SoftVotingEnsemble  # noqa: E402
 from misleader.models import Generator, create_model  # noqa: E402
 from misleader.runtime import amp_dtype, autocast, pick_device  # noqa: E402
 from misleader.victim import BlackBox  # noqa: E402
 
-STAGES = ("teacher", "defense", "victim", "dfme")
+STAGES = ("teacher", "defense", "victim", "dfme", "disguide")
 
 
 def fake_bundle(n, device):
@@ -115,6 +116,23 @@ def bench_dfme(a, device, amp, fmt):
     return {"queries_per_s": (victim.used - used0) / secs, "batch_size": bs, "grad_m": 1,
             "cost_per_iteration": cfg.cost_per_iteration, "seconds_per_iteration": secs / iters,
             "student": "lenet5", "victim": "3-member LeNet ensemble"}
+
+
+def bench_disguide(a, device, amp, fmt):
+    """The `pub` setting of fashionmnist_v2 (batch 256, 32-wide generator, 3 replay steps per iteration)."""
+    iters = 3 if a.quick else 10
+    cfg = DisGUIDEConfig(query_budget=10**12, batch_size=256, d_iter=1, replay_batch=0, rep_iter=3, replay_size=10**6)
+    victim = BlackBox(SoftVotingEnsemble(members(device, fmt)), cfg.query_budget)
+    gen = Generator(nz=cfg.nz, ngf=32, nc=1, fast_upsample=bool(a.fast_upsample)).to(device, memory_format=fmt)
+    clones = [create_model("lenet5", 10, 1).to(device, memory_format=fmt) for _ in range(2)]
+    attack = DisGUIDE(cfg, victim, clones, gen, 10, device, amp, fmt)
+    attack.iteration()  # warm-up (fills the replay buffer with one batch)
+    used0, t0 = victim.used, time.perf_counter()
+    for _ in range(iters):
+        attack.iteration()
+    secs = time.perf_counter() - t0
+    return {"queries_per_s": (victim.used - used0) / secs, "batch_size": 256, "ngf": 32, "d_iter": 1, "rep_iter": 3,
+            "seconds_per_iteration": secs / iters, "clones": "2 x lenet5", "victim": "3-member LeNet ensemble"}
 
 
 def run_stage(a):

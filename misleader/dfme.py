@@ -271,7 +271,7 @@ class DFME:
     def sample(self, grad=False, pre_x=False):
         z = torch.randn(self.cfg.batch_size, self.cfg.nz, device=self.device, generator=self.rng)
         with torch.set_grad_enabled(grad), autocast(self.device, self.amp):
-            x = self.generator(z, pre_x=pre_x).float()
+            x = self.generator(z, pre_x=pre_x, memory_format=self.fmt).float()
         return x.contiguous(memory_format=self.fmt) if pre_x else self.to_query(x)
 
     def generator_gradient(self, x_pre, u):

@@ -104,3 +104,21 @@ def test_wall_time_carries_across_a_resume():
     assert resumed.run() == 5  # the 8 iterations the budget pays for, less the 3 done before
     assert 1000.0 < resumed.wall_s() < 1000.0 + 60
     assert resumed.state_dict()["wall_s"] == resumed.wall_s()
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_the_generator_runs_in_the_attacks_memory_format(fmt):
+    """--channels_last 1 reaches the generator's feature maps (its convolutions are where DFME spends its time),
+    not only the queries it hands the victim."""
+    torch.manual_seed(0)
+    cfg = DFMEConfig(query_budget=1000, batch_size=4, epoch_itrs=3, nz=16)
+    gen = Generator(nz=16, ngf=8, nc=1).to(memory_format=fmt)
+    attack = DFME(cfg, BlackBox(create_model("lenet5fifth", 10, 1), 1000),
+                  create_model("lenet5fifth", 10, 1).to(memory_format=fmt), gen, 10, torch.device("cpu"),
+                  memory_format=fmt, seed=0)
+    seen = []
+    gen.up2.register_forward_hook(lambda m, inp, out: seen.append((inp[0].is_contiguous(memory_format=fmt),
+                                                                    out.is_contiguous(memory_format=fmt))))
+    attack.sample(grad=False)
+    attack.sample(grad=True, pre_x=True)
+    assert seen == [(True, True), (True, True)]

@@ -47,8 +47,11 @@ class Generator(nn.Module):
         self.to_image = nn.Conv2d(ngf, nc, 3, padding=1)
         self.bn_out = nn.BatchNorm2d(nc, affine=False)
 
-    def forward(self, z, pre_x=False):
-        x = self.bn0(self.fc(z).view(z.shape[0], -1, self.init_size, self.init_size))
+    def forward(self, z, pre_x=False, memory_format=torch.contiguous_format):
+        """``memory_format`` is the layout of the feature maps and the image; channels_last lets the CPU's
+        convolutions run about twice as fast (the values agree up to float rounding)."""
+        x = self.fc(z).view(z.shape[0], -1, self.init_size, self.init_size).contiguous(memory_format=memory_format)
+        x = self.bn0(x)
         x = F.leaky_relu(self.bn1(self.up1(x)), 0.2)
         x = F.leaky_relu(self.bn2(self.up2(x)), 0.2)
         x = self.bn_out(self.to_image(x))
