@@ -433,8 +433,9 @@ def knockoff_curve_table(rows):
         lines += [(f"{title}: clone test accuracy by query budget; protection paired by seed with the bare "
                    "teacher's runs at the same budget."), "", "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
         for b in sorted({b for k in keys for b in runs[k]}):
-            _one_attack(rows, *(runs[k].get(b, []) for k in keys))
-            t = _by_seed(rows, runs.get(teacher, {}).get(b, []))
+            t_rows = runs.get(teacher, {}).get(b, [])  # paired with even when the teacher has one budget only
+            _one_attack(rows, t_rows, *(runs[k].get(b, []) for k in keys))
+            t = _by_seed(rows, t_rows)
             clone = {k: _by_seed(rows, runs[k].get(b, [])) for k in keys}
             cells = [f"{b:,}"] + [_clone_text(clone[k]) for k in keys] + \
                 [protection_text(paired(t, clone[k]) if t else None) for k in others]

@@ -478,6 +478,18 @@ def test_runs_with_other_attack_settings_are_not_paired_as_one_attack():
              for b in (2000, 20000)])
 
 
+def test_a_teacher_with_one_knockoff_budget_is_still_checked_against_the_curve_it_is_paired_with():
+    """The curve shows victims with two budgets or more, but pairs each with the teacher's runs at that budget even
+    when the teacher has only one: those runs must be the same attack too."""
+    rows = [_row("teacher", "knockoff", budget=20000, clone="0.88", settings="pool=p epochs=30")] + \
+        [_row("misleader", "knockoff", budget=b, clone="0.80", settings="pool=p epochs=5") for b in (2000, 20000)]
+    with pytest.raises(comparison.UserError, match="settings"):
+        comparison.knockoff_curve_table(rows)
+    rows[0]["settings"] = "pool=p epochs=5"
+    lines = comparison.knockoff_curve_table(rows)
+    assert any(line.startswith("| 20,000 |") and "+8.00 (1 seed)" in line for line in lines)
+
+
 def test_two_runs_of_one_attack_on_one_seed_are_an_error_not_a_silent_choice():
     """A run repeated on a seed (say, rerun after its checkpoint was removed) must not have one of its rows dropped
     in silence, nor decide the strongest setting by row order."""
