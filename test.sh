@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Stage 4: the attacks, each against the MISLEADER ensemble and, with identical settings and seed, the bare
 # teacher: DFME (data-free), then Knockoff (natural images from each pool in KNOCKOFF_POOLS).
-# One row per attack is appended to results/results.csv; a table of this run's rows ends the output.
+# One row per attack goes to results/results.csv (a rerun replaces its run's earlier row); a table of this
+# invocation's rows ends the output.
 # Extra flags go to every DFME call (e.g. bash test.sh --amp off); Knockoff's come from KNOCKOFF_ARGS.
 #   CONFIG=smoke bash test.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 source configs/load.sh
 
-before=0
-[ -f "$RESULTS" ] && before=$(($(wc -l < "$RESULTS") - 1))
+started=$(mktemp)  # the table at the end shows the rows of the clones written after this file
+trap 'rm -f "$started"' EXIT
 declare -A LABELS=([ensemble]=misleader [teacher]=teacher)
 for STUDENT in "${STUDENTS[@]}"; do
     for seed in "${SEEDS[@]}"; do
@@ -25,4 +26,4 @@ for STUDENT in "${STUDENTS[@]}"; do
         done
     done
 done
-python -m misleader.results "$RESULTS" --skip "$before"
+python -m misleader.results "$RESULTS" --since "$started"

@@ -15,7 +15,7 @@ from misleader import api_defense, checkpoint, paths
 from misleader.cli import add_common, add_run_flags
 from misleader.data import dataset_info, load_dataset
 from misleader.loop import RunState
-from misleader.results import append_row, has_row
+from misleader.results import has_row, record_row
 from misleader.runlog import git_commit
 from misleader.runtime import setup
 from misleader.evaluate import accuracy, clone_metrics, predict
@@ -119,7 +119,8 @@ class AttackStage:
         return acc, fid, accuracy(student, self.data.val, self.data.normalize, self.amp)
 
     def finish(self, student, best_acc, wall, log_dir, settings, extra_payload=None):
-        """Save the clone, append the results row (once, even after a resume), remove the state file."""
+        """Save the clone, record the results row (one per run: a rerun's replaces the earlier), remove the state
+        file."""
         a = self.args
         clone_acc, fidelity, val_acc = self.evaluate(student)
         best = max(best_acc, clone_acc)
@@ -139,8 +140,9 @@ class AttackStage:
                "wall_s": f"{wall:.1f}", "git_commit": self.commit, "date": datetime.date.today().isoformat(),
                "api_defense": a.api_defense, "served_acc": f"{self.served_acc:.4f}",
                "served_l1": f"{self.served_l1:.6f}", "setting": a.setting, "clone_val_acc": f"{val_acc:.4f}"}
-        if not (a.resume and has_row(a.results, self.out)):  # a run killed after writing its row adds it once
-            append_row(a.results, row)
+        for old in record_row(a.results, row):  # one row per run: a rerun (or a resume that wrote it) replaces it
+            print(f"results: replaced this run's earlier row in {a.results} (date {old.get('date', '?')}, clone acc "
+                  f"{old.get('clone_acc', '?')})")
         self.run.close()
         served = f" (served {self.served_acc:.4f}, L1 {self.served_l1:.4f}, {a.api_defense})" if self.defense else ""
         print(f"done: victim {self.label} acc {self.victim_acc:.4f}{served} | {self.attack} clone {a.student_model} "

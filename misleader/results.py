@@ -1,4 +1,6 @@
-"""results/results.csv: one row per attack run, appended (header written once; new columns only at the end).
+"""results/results.csv: one row per attack run (header written once; new columns only at the end). A run is its
+clone checkpoint (``attack_path``): a run repeated after its checkpoint was lost or to redo it replaces its earlier
+row, which keeps one row per seed for the report.
 
 Many runs may append to one CSV at once (a run list under ``xargs -P``, a SLURM array on a shared filesystem):
 every read-modify-write and append holds an exclusive ``fcntl.flock`` on ``<csv>.lock`` beside it, so N
@@ -36,17 +38,35 @@ def append_row(path, row):
     The header check, the column upgrade and the append happen under the CSV's lock."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with locked(path):
+        _append(path, row)
+
+
+def record_row(path, row):
+    """The row of the run that saved ``row["attack_path"]``: appended, after removing any earlier row of that run
+    (all under the CSV's lock). Returns the removed rows."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with locked(path):
+        old = []
         if os.path.isfile(path) and os.path.getsize(path) > 0:
-            with open(path, newline="") as f:
-                header = next(csv.reader(f), [])
-            if header != COLUMNS:
-                _add_columns(path, header)
-        new = not os.path.isfile(path) or os.path.getsize(path) == 0
-        with open(path, "a", newline="") as f:  # closed (written out) before the lock is released
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
+            _upgrade(path)
+            rows = read_rows(path)
+            old = [r for r in rows if r.get("attack_path") == row["attack_path"]]
+            if old:
+                _write(path, [r for r in rows if r.get("attack_path") != row["attack_path"]])
+        _append(path, row)
+        return old
+
+
+def _append(path, row):
+    """Append under the caller's lock, upgrading an older header first."""
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        _upgrade(path)
+    new = not os.path.isfile(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as f:  # closed (written out) before the lock is released
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
 
 
 @contextlib.contextmanager
@@ -64,18 +84,31 @@ def locked(path):
         os.close(fd)  # drops the lock
 
 
+def _upgrade(path):
+    """Give a non-empty file written before a column existed the current columns; the caller holds the lock."""
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    if header != COLUMNS:
+        _add_columns(path, header)
+
+
 def _add_columns(path, header):
     """Rewrite the file with the current columns; the caller holds the lock."""
     unknown = [c for c in header if c not in COLUMNS]
     if unknown or header != COLUMNS[:len(header)]:
         raise UserError(f"{path} has columns this version does not write ({', '.join(unknown) or 'another order'}); "
                         f"give another --results file")
-    rows = read_rows(path)
+    _write(path, [{**{c: earlier_value(c, r) for c in COLUMNS[len(header):]}, **r} for r in read_rows(path)])
+
+
+def _write(path, rows):
+    """Replace the file with ``rows`` under the current columns (a temporary file, then a rename); the caller
+    holds the lock."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
-        w.writerows({**{c: earlier_value(c, r) for c in COLUMNS[len(header):]}, **r} for r in rows)
+        w.writerows(rows)
     os.replace(tmp, path)
 
 
@@ -104,5 +137,11 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description="Print rows of a results CSV as a table.")
     p.add_argument("csv", nargs="?", default=os.path.join("results", "results.csv"))
     p.add_argument("--skip", type=int, default=0, help="skip the first N data rows (rows of earlier runs)")
+    p.add_argument("--since", default=None, metavar="FILE",
+                   help="only the rows whose clone checkpoint (attack_path) was written after FILE was")
     a = p.parse_args()
-    print(format_table(read_rows(a.csv)[a.skip:]))
+    rows = read_rows(a.csv)[a.skip:]
+    if a.since:
+        t0 = os.path.getmtime(a.since)
+        rows = [r for r in rows if os.path.isfile(r.get("attack_path", "")) and os.path.getmtime(r["attack_path"]) >= t0]
+    print(format_table(rows))

@@ -155,6 +155,31 @@ def test_same_attack_launched_twice_through_xargs_runs_once(tmp_path):
                                                                        os.path.basename(out) + ".lock"]
 
 
+def test_a_run_repeated_replaces_its_row_and_the_table_shows_this_invocations_rows(tmp_path):
+    """Running an attack again without --resume (a fresh clone repeating a committed run, or a user redoing one)
+    leaves one row for it, the new one: two rows for one seed would stop the report. Another run keeps its row;
+    ``python -m misleader.results --since FILE`` lists the rows whose clone was written after FILE."""
+    root = str(tmp_path)
+    save_teacher(root)
+    csv_path = os.path.join(root, "results-again.csv")
+    other = dfme(root, "other", *SMALL)
+    other[other.index("--results") + 1] = csv_path
+    assert subprocess.run(other, cwd=root, env=env(), capture_output=True, timeout=300).returncode == 0
+    first = subprocess.run(dfme(root, "again", *SMALL), cwd=root, env=env(), capture_output=True, text=True,
+                           timeout=300)
+    marker = os.path.join(root, "started")
+    open(marker, "w").close()
+    again = subprocess.run(dfme(root, "again", *SMALL, "--seed", "0"), cwd=root, env=env(), capture_output=True,
+                           text=True, timeout=300)
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    assert "replaced" not in first.stdout and again.stdout.count("results: replaced this run's earlier row") == 1
+    rows = read_rows(csv_path)
+    assert [r["attack_path"] for r in rows] == [OUT.format("other"), OUT.format("again")]
+    table = subprocess.run([PY, "-m", "misleader.results", csv_path, "--since", marker], cwd=root, env=env(),
+                           capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and len(table.stdout.strip().splitlines()) == 2  # header and the repeated run
+
+
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory):
     """An attack stopped (SIGSTOP) after its first saved state, a second launch of it while it lives, then

@@ -266,6 +266,20 @@ def test_append_row_adds_a_new_column_to_an_older_file(tmp_path):
     assert open(alien).read() == before
 
 
+def test_record_row_replaces_the_rows_of_its_run_only_and_upgrades_an_older_file(tmp_path):
+    from misleader.results import read_rows, record_row
+
+    old = COLUMNS[:COLUMNS.index("query_range")]
+    rows = [_row(seed=0, clone_acc="0.5", attack_path="a.pt"), _row(seed=1, clone_acc="0.6", attack_path="b.pt")]
+    path = _write_csv(tmp_path / "results.csv", rows, old)
+    removed = record_row(path, _row(seed=0, clone_acc="0.7", attack_path="a.pt", query_range="data"))
+    assert [(r["seed"], r["clone_acc"]) for r in removed] == [("0", "0.5")]
+    got = read_rows(path)
+    assert [(r["attack_path"], r["clone_acc"], r["query_range"]) for r in got] == [("b.pt", "0.6", "tanh"),
+                                                                                  ("a.pt", "0.7", "data")]
+    assert record_row(path, _row(seed=2, attack_path="c.pt")) == [] and len(read_rows(path)) == 3
+
+
 def test_rows_of_different_experiments_are_never_averaged(tmp_path):
     """Two configs and two attacks against one victim: four experiments, four rows; seeds alone are averaged."""
     rows = []
