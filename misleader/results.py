@@ -143,5 +143,6 @@ if __name__ == "__main__":
     rows = read_rows(a.csv)[a.skip:]
     if a.since:
         t0 = os.path.getmtime(a.since)
-        rows = [r for r in rows if os.path.isfile(r.get("attack_path", "")) and os.path.getmtime(r["attack_path"]) >= t0]
+        rows = [r for r in rows
+                if os.path.isfile(r.get("attack_path", "")) and os.path.getmtime(r["attack_path"]) >= t0]
     print(format_table(rows))
