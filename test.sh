@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source configs/load.sh
 
-started=$(mktemp)  # the table at the end shows the rows of the clones written after this file
+mkdir -p DFME/cache  # the table at the end: rows of the clones written after this file (beside them: one clock)
+started=$(mktemp -p DFME/cache .test-sh-started.XXXXXX)
 trap 'rm -f "$started"' EXIT
 declare -A LABELS=([ensemble]=misleader [teacher]=teacher)
 for STUDENT in "${STUDENTS[@]}"; do

@@ -5,7 +5,7 @@ probabilities; the attacker recovers logits as log p minus its mean. With --vict
 only the top-1 class: the student then imitates one-hot answers and the zeroth-order estimate carries almost
 no signal (a small step rarely changes the label); it still runs, to measure that. The attack stops when the
 query budget cannot pay for another iteration; the queries actually used are reported.
-One row per run is appended to results/results.csv.
+One row per run goes to results/results.csv (a rerun replaces its earlier row).
 """
 
 import argparse

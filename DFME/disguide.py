@@ -25,7 +25,7 @@ Chosen here: disagreement = L1 distance between the clones' softmax outputs; div
 batch's mean predicted class distribution, weight --div_weight 1. Adapted to 32x32 grayscale data: 1-channel
 generator images, clones of --student_model (lenet5) instead of the paper's CIFAR ResNets, and this
 repository's budgets rather than the paper's CIFAR ones.
-One row per run (attack disguide) is appended to results/results.csv.
+One row per run (attack disguide) goes to results/results.csv (a rerun replaces its earlier row).
 """
 
 import os

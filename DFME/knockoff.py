@@ -5,7 +5,8 @@ API once per image, and trains the student for --epochs on those answers with so
 (one-hot answers for --victim_output label). Pools: the victim's own training images (--pool fashionmnist for
 a Fashion-MNIST victim: the worst case for the defender), the procedural gratings (--pool synthetic or
 synthetic_rgb: data from another distribution), or any registered dataset; the validation split of the
-pool's dataset is never drawn. One row per run is appended to results/results.csv.
+pool's dataset is never drawn. One row per run goes to results/results.csv (a rerun replaces its earlier
+row).
 """
 
 import os

@@ -53,7 +53,7 @@ DISGUIDE_ARGS=()       # extra flags for DFME/disguide.py (every disguide_attack
 MISINFO_ARCH=""        # set (e.g. lenet5): train.sh also trains the misinformation model of the adaptive-
                        # misinformation API defense, Defense/cache/misinfo/<dataset>-<arch>[-tag].pt
 MISINFO_ARGS=()        # extra flags for Defense/train_misinformation.py (e.g. --epochs 5)
-RESULTS=results/results.csv
+RESULTS="${RESULTS:-results/results.csv}"  # environment may override: RESULTS=results/mine.csv bash test.sh
 # shellcheck source=/dev/null
 source "configs/${CONFIG}.sh"
 COMMON=(--dataset "$DATASET" --seed "$SEED" --device "$DEVICE" --progress "$PROGRESS")

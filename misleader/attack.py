@@ -50,7 +50,8 @@ def add_attack_flags(p, budget_help):
                         "to the results' setting column and appended to the checkpoint name, so settings of one "
                         "victim keep their own files; compare.sh picks each victim's strongest by it")
     p.add_argument("--config", default="", help="config name recorded in results.csv (set by the shell scripts)")
-    p.add_argument("--results", default=paths.RESULTS_CSV, help="CSV to append this run's row to")
+    p.add_argument("--results", default=paths.RESULTS_CSV,
+                   help="CSV of the results rows (this run's row replaces an earlier row of the same run)")
     add_run_flags(p, "suffix of the saved attack checkpoint name (DFME/cache/<dataset>-<victim>-<student>-seed<s>"
                      "[-<attack>]-<tag>.pt)")
     return p

@@ -38,7 +38,7 @@ PLOT_FILES = ("clone_vs_queries.png", "utility_vs_protection.png", "protection_v
 def load_results(path, required=REPORT_COLUMNS):
     """Rows of a results CSV as dicts; a missing file, no data rows or missing columns is a UserError."""
     if not os.path.isfile(path):
-        raise UserError(f"results file not found: {path} (test.sh / DFME/dfme.py appends one row per attack)")
+        raise UserError(f"results file not found: {path} (test.sh / DFME/dfme.py writes one row per attack)")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
@@ -48,7 +48,28 @@ def load_results(path, required=REPORT_COLUMNS):
     missing = [c for c in required if c not in header]
     if missing:
         raise UserError(f"results file {path} lacks column(s): {', '.join(missing)}")
+    one_checkpoint_per_victim(rows, path)
     return rows
+
+
+def one_checkpoint_per_victim(rows, path):
+    """Raise UserError when two rows of one victim (config, dataset, label) attacked checkpoints with different
+    test accuracies: clones of a retrained victim, or of one made on another machine, must never be averaged or
+    paired with the first's (say, a fresh clone's `test.sh` rows beside the committed rows of its config)."""
+    first = {}
+    for i, r in enumerate(rows):
+        key = (r.get("config") or "", r.get("dataset") or "", r.get("label") or r.get("victim") or "")
+        j = first.setdefault(key, i)
+        a, b = rows[j].get("victim_acc") or "", r.get("victim_acc") or ""
+        try:
+            same = abs(float(a) - float(b)) < 5e-5
+        except ValueError:
+            same = a == b
+        if not same:
+            raise UserError(f"{path}: lines {j + 2} and {i + 2} attack victim '{key[2]}' (config '{key[0]}') with test "
+                            f"accuracies {a} and {b}: two checkpoints of one victim (retrained, or made on another "
+                            "machine), whose clones are never averaged or paired; give one set its own CSV "
+                            "(RESULTS=results/mine.csv bash test.sh, then bash report.sh --csv results/mine.csv)")
 
 
 def filter_config(rows, config, path="results"):
@@ -662,7 +683,9 @@ def main(argv):
         rows = []
         if os.path.isfile(args.csv):  # no file or no rows of the config yet: no grid run is done
             with open(args.csv, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if args.config is None or (r.get("config") or "") == args.config]
+                rows = list(csv.DictReader(f))
+            one_checkpoint_per_victim(rows, args.csv)
+            rows = [r for r in rows if args.config is None or (r.get("config") or "") == args.config]
         configs = sorted({r.get("config") or "" for r in rows})
         if len(configs) > 1:  # one config's grid must not be completed with another's runs
             raise UserError(f"{args.csv} holds rows of {len(configs)} configs ({', '.join(configs)}): give --config "

@@ -2,15 +2,17 @@
 clone checkpoint (``attack_path``): a run repeated after its checkpoint was lost or to redo it replaces its earlier
 row, which keeps one row per seed for the report.
 
-Many runs may append to one CSV at once (a run list under ``xargs -P``, a SLURM array on a shared filesystem):
+Many runs may write to one CSV at once (a run list under ``xargs -P``, a SLURM array on a shared filesystem):
 every read-modify-write and append holds an exclusive ``fcntl.flock`` on ``<csv>.lock`` beside it, so N
-writers give N rows and one header whatever the interleaving.
+writers of N runs give N rows and one header whatever the interleaving. ``attack_path`` is relative to the
+repository root, where the runs start: two checkouts should not share one CSV.
 """
 
 import contextlib
 import csv
 import fcntl
 import os
+import shutil
 
 from misleader.errors import UserError
 
@@ -47,7 +49,7 @@ def record_row(path, row):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with locked(path):
         old = []
-        if os.path.isfile(path) and os.path.getsize(path) > 0:
+        if row.get("attack_path") and os.path.isfile(path) and os.path.getsize(path) > 0:
             _upgrade(path)
             rows = read_rows(path)
             old = [r for r in rows if r.get("attack_path") == row["attack_path"]]
@@ -102,14 +104,21 @@ def _add_columns(path, header):
 
 
 def _write(path, rows):
-    """Replace the file with ``rows`` under the current columns (a temporary file, then a rename); the caller
-    holds the lock."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    """Replace the file (a symbolic link's target) with ``rows`` under the current columns: a temporary file with
+    the file's permissions, then a rename; the caller holds the lock. A row with more fields than the header (a
+    damaged line) is an error, not dropped."""
+    real = os.path.realpath(path)
+    tmp = f"{real}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        shutil.copymode(real, tmp)
+    except ValueError as e:  # DictWriter: a field not in the header (DictReader puts a long line's extras under None)
+        os.remove(tmp)
+        raise UserError(f"{path}: a row has more fields than its header; mend the file first ({e})") from e
+    os.replace(tmp, real)
 
 
 def has_row(path, attack_path):
@@ -136,9 +145,11 @@ if __name__ == "__main__":
 
     p = argparse.ArgumentParser(description="Print rows of a results CSV as a table.")
     p.add_argument("csv", nargs="?", default=os.path.join("results", "results.csv"))
-    p.add_argument("--skip", type=int, default=0, help="skip the first N data rows (rows of earlier runs)")
+    p.add_argument("--skip", type=int, default=0,
+                   help="skip the first N data rows (a rerun's row moves to the end: --since is the safer filter)")
     p.add_argument("--since", default=None, metavar="FILE",
-                   help="only the rows whose clone checkpoint (attack_path) was written after FILE was")
+                   help="only the rows whose clone checkpoint (attack_path, relative to the current folder) was "
+                        "written after FILE was (put FILE on the checkpoints' filesystem)")
     a = p.parse_args()
     rows = read_rows(a.csv)[a.skip:]
     if a.since:

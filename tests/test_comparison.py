@@ -535,3 +535,25 @@ def test_strongest_cli_does_not_complete_one_configs_grid_with_anothers_runs(tmp
         report.main(["--csv", path, "--strongest", "teacher", "--grid", "a", "b"])
     report.main(["--csv", path, "--config", "c", "--strongest", "teacher", "--grid", "a", "b"])
     assert capsys.readouterr().out == ""  # config c alone has no run of b
+
+
+def test_clones_of_two_checkpoints_of_one_victim_are_never_mixed(tmp_path, capsys):
+    """A fresh clone's test.sh replaces the committed seed-0 rows of its config but not the other seeds': those
+    attacked another machine's checkpoints (another test accuracy) and must not be averaged or paired with it."""
+    from misleader.results import COLUMNS
+    from tests.test_report import _write_csv
+    ko = "pool=fashionmnist"
+    rows = [_row(v, "knockoff", budget=20000, seed=s, clone="0.8", settings=ko, vacc=acc)
+            for v, acc in (("teacher", "0.8893"), ("misleader", "0.8780")) for s in (1, 2)]
+    rows += [_row("teacher", "knockoff", budget=20000, seed=0, clone="0.8", settings=ko, vacc="0.8879"),
+             _row("teacher", setting="a", val="0.6", vacc="0.8879")]
+    path = _write_csv(tmp_path / "r.csv", rows, COLUMNS)
+    with pytest.raises(comparison.UserError, match="lines 2 and 6 attack victim 'teacher' .*0.8893 and 0.8879"):
+        report.write_report(path, str(tmp_path / "out"), config="c")
+    with pytest.raises(comparison.UserError, match="lines 2 and 6"):
+        report.main(["--csv", path, "--config", "c", "--strongest", "teacher", "--grid", "a"])
+    for r in rows:
+        r["victim_acc"] = "0.8893" if r["label"] == "teacher" else r["victim_acc"]
+    path = _write_csv(tmp_path / "r.csv", rows, COLUMNS)
+    report.main(["--csv", path, "--config", "c", "--strongest", "teacher", "--grid", "a"])
+    assert capsys.readouterr().out.strip() == "a"

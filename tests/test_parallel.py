@@ -25,20 +25,23 @@ OUT = os.path.join("DFME", "cache", "synthetic-teacher-lenet5-seed0-{}.pt")  # r
 
 WRITER = r"""
 import fcntl, os, sys
-from misleader.results import append_row
+from misleader.results import record_row
 path, gate, who = sys.argv[1], sys.argv[2], sys.argv[3]
 open(f"{gate}-{who}", "w").close()  # ready
 fcntl.flock(os.open(gate, os.O_RDONLY), fcntl.LOCK_SH)  # the test holds it exclusively until all are ready
 for i in range(25):
-    append_row(path, {"dataset": "synthetic", "victim": who, "seed": i, "settings": "lr_S=0.1 " * 40,
+    record_row(path, {"dataset": "synthetic", "victim": who, "seed": i, "settings": "lr_S=0.1 " * 40,
                       "attack_path": f"DFME/cache/{who}-{i}.pt"})
+    if i % 5 == 4:  # the run of seed i - 2 made again: its row replaced while the others write
+        record_row(path, {"dataset": "synthetic", "victim": who, "seed": i - 2, "settings": "again",
+                          "attack_path": f"DFME/cache/{who}-{i - 2}.pt"})
 """
 
 
 def test_eight_writers_append_every_row_once_under_one_header(tmp_path):
-    """8 processes x 25 rows through the real append_row, started at the same instant: into a new file, then
-    into a file with an older header and 2000 rows of earlier runs, whose columns the first writer to hold
-    the lock upgrades while the others wait."""
+    """8 processes x 25 runs' rows through the real record_row, started at the same instant, 5 runs of each made
+    twice (the second row replaces the first): into a new file, then into a file with an older header and 2000
+    rows of earlier runs, whose columns the first writer to hold the lock upgrades while the others wait."""
     for earlier in (0, 2000):
         path = str(tmp_path / f"results-{earlier}.csv")
         if earlier:
@@ -59,6 +62,7 @@ def test_eight_writers_append_every_row_once_under_one_header(tmp_path):
         new = [r for r in rows if r["victim"] != "earlier"]
         assert sorted((r["victim"], int(r["seed"])) for r in new) == [(f"w{k}", i) for k in range(8)
                                                                       for i in range(25)]
+        assert sorted(int(r["seed"]) for r in new if r["settings"] == "again") == sorted([2, 7, 12, 17, 22] * 8)
         old = [r for r in rows if r["victim"] == "earlier"]
         assert [int(r["seed"]) for r in old] == list(range(earlier))
         assert {r["query_range"] for r in old} <= {EARLIER_VALUES["query_range"]}
@@ -162,22 +166,24 @@ def test_a_run_repeated_replaces_its_row_and_the_table_shows_this_invocations_ro
     root = str(tmp_path)
     save_teacher(root)
     csv_path = os.path.join(root, "results-again.csv")
-    other = dfme(root, "other", *SMALL)
+    other = dfme(root, "other", *SMALL, "--seed", "1")
     other[other.index("--results") + 1] = csv_path
-    assert subprocess.run(other, cwd=root, env=env(), capture_output=True, timeout=300).returncode == 0
-    first = subprocess.run(dfme(root, "again", *SMALL), cwd=root, env=env(), capture_output=True, text=True,
-                           timeout=300)
+    assert subprocess.run(other, cwd=root, env=env(), check=False, capture_output=True, timeout=300).returncode == 0
+    first = subprocess.run(dfme(root, "again", *SMALL), cwd=root, env=env(), check=False, capture_output=True,
+                           text=True, timeout=300)
     marker = os.path.join(root, "started")
     open(marker, "w").close()
-    again = subprocess.run(dfme(root, "again", *SMALL, "--seed", "0"), cwd=root, env=env(), capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(dfme(root, "again", *SMALL, "--seed", "0"), cwd=root, env=env(), check=False,
+                           capture_output=True, text=True, timeout=300)
     assert first.returncode == again.returncode == 0, first.stderr + again.stderr
     assert "replaced" not in first.stdout and again.stdout.count("results: replaced this run's earlier row") == 1
     rows = read_rows(csv_path)
-    assert [r["attack_path"] for r in rows] == [OUT.format("other"), OUT.format("again")]
+    assert [r["attack_path"] for r in rows] == [OUT.format("other").replace("seed0", "seed1"), OUT.format("again")]
     table = subprocess.run([PY, "-m", "misleader.results", csv_path, "--since", marker], cwd=root, env=env(),
-                           capture_output=True, text=True, timeout=60)
-    assert table.returncode == 0 and len(table.stdout.strip().splitlines()) == 2  # header and the repeated run
+                           check=False, capture_output=True, text=True, timeout=60)
+    lines = table.stdout.strip().splitlines()
+    assert table.returncode == 0 and len(lines) == 2 and lines[0].split()[-1] == "seed"
+    assert lines[1].split()[-1] == "0"  # the repeated run's row (seed 0), not the other run's (seed 1)
 
 
 @pytest.fixture(scope="module")
