@@ -48,6 +48,15 @@ def timed(fn, warmup, steps):
     return time.perf_counter() - t0
 
 
+def time_attack(attack, victim, iters):
+    """(queries per second, seconds per iteration) over ``iters`` attack iterations after one warm-up; the
+    queries are the victim's own count."""
+    attack.iteration()
+    used0 = victim.used
+    secs = timed(attack.iteration, 0, iters)
+    return (victim.used - used0) / secs, secs / iters
+
+
 def bench_teacher(a, device, amp, fmt):
     bs, steps = 256, (20 if a.quick else 100)
     data = fake_bundle(bs * 8, device)
@@ -108,13 +117,9 @@ def bench_dfme(a, device, amp, fmt):
     victim = BlackBox(SoftVotingEnsemble(members(device, fmt)), cfg.query_budget)
     gen = Generator(nz=cfg.nz, ngf=64, nc=1, fast_upsample=bool(a.fast_upsample)).to(device, memory_format=fmt)
     attack = DFME(cfg, victim, create_model("lenet5", 10, 1).to(device, memory_format=fmt), gen, 10, device, amp, fmt)
-    attack.iteration()  # warm-up
-    used0, t0 = victim.used, time.perf_counter()
-    for _ in range(iters):
-        attack.iteration()
-    secs = time.perf_counter() - t0
-    return {"queries_per_s": (victim.used - used0) / secs, "batch_size": bs, "grad_m": 1,
-            "cost_per_iteration": cfg.cost_per_iteration, "seconds_per_iteration": secs / iters,
+    rate, per_iteration = time_attack(attack, victim, iters)
+    return {"queries_per_s": rate, "batch_size": bs, "grad_m": 1,
+            "cost_per_iteration": cfg.cost_per_iteration, "seconds_per_iteration": per_iteration,
             "student": "lenet5", "victim": "3-member LeNet ensemble"}
 
 
@@ -125,14 +130,10 @@ def bench_disguide(a, device, amp, fmt):
     victim = BlackBox(SoftVotingEnsemble(members(device, fmt)), cfg.query_budget)
     gen = Generator(nz=cfg.nz, ngf=32, nc=1, fast_upsample=bool(a.fast_upsample)).to(device, memory_format=fmt)
     clones = [create_model("lenet5", 10, 1).to(device, memory_format=fmt) for _ in range(2)]
-    attack = DisGUIDE(cfg, victim, clones, gen, 10, device, amp, fmt)
-    attack.iteration()  # warm-up (fills the replay buffer with one batch)
-    used0, t0 = victim.used, time.perf_counter()
-    for _ in range(iters):
-        attack.iteration()
-    secs = time.perf_counter() - t0
-    return {"queries_per_s": (victim.used - used0) / secs, "batch_size": 256, "ngf": 32, "d_iter": 1, "rep_iter": 3,
-            "seconds_per_iteration": secs / iters, "clones": "2 x lenet5", "victim": "3-member LeNet ensemble"}
+    attack = DisGUIDE(cfg, victim, clones, gen, 10, device, amp, fmt)  # its warm-up fills the replay with a batch
+    rate, per_iteration = time_attack(attack, victim, iters)
+    return {"queries_per_s": rate, "batch_size": 256, "ngf": 32, "d_iter": 1, "rep_iter": 3,
+            "seconds_per_iteration": per_iteration, "clones": "2 x lenet5", "victim": "3-member LeNet ensemble"}
 
 
 def run_stage(a):

@@ -40,6 +40,7 @@ def append_row(path, row):
     The header check, the column upgrade and the append happen under the CSV's lock."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with locked(path):
+        _upgrade(path)
         _append(path, row)
 
 
@@ -49,8 +50,8 @@ def record_row(path, row):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with locked(path):
         old = []
+        _upgrade(path)
         if row.get("attack_path") and os.path.isfile(path) and os.path.getsize(path) > 0:
-            _upgrade(path)
             rows = read_rows(path)
             old = [r for r in rows if r.get("attack_path") == row["attack_path"]]
             if old:
@@ -60,9 +61,7 @@ def record_row(path, row):
 
 
 def _append(path, row):
-    """Append under the caller's lock, upgrading an older header first."""
-    if os.path.isfile(path) and os.path.getsize(path) > 0:
-        _upgrade(path)
+    """Append under the caller's lock, to a file with the current header (``_upgrade`` first) or none."""
     new = not os.path.isfile(path) or os.path.getsize(path) == 0
     with open(path, "a", newline="") as f:  # closed (written out) before the lock is released
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -88,6 +87,8 @@ def locked(path):
 
 def _upgrade(path):
     """Give a non-empty file written before a column existed the current columns; the caller holds the lock."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
     with open(path, newline="") as f:
         header = next(csv.reader(f), [])
     if header != COLUMNS:
