@@ -170,12 +170,12 @@ def _seed_rows(rows, idx):
 
 def _one_attack(rows, *groups):
     """Raise UserError unless the rows of ``groups`` (row index lists averaged or paired as one attack) ran with
-    the same attack hyperparameters (the settings column) and clone architecture: otherwise a protection would
-    measure the difference in hyperparameters, not the defense."""
+    the same attack, hyperparameters (the settings column), query range and clone architecture: otherwise a
+    protection would measure the difference in hyperparameters, not the defense."""
     idx = [i for g in groups for i in g]
     for i in idx[1:]:
         j, k = sorted((idx[0], i))
-        for col in ("settings", "student_model"):
+        for col in ("attack", "settings", "query_range", "student_model"):
             a, b = field(rows[j], col), field(rows[k], col)
             if a != b:
                 raise UserError(f"results rows {j} and {k} are compared as one attack but differ in {col} "
@@ -346,11 +346,12 @@ def headline(rows, grid_names=None, aware=(), variant_grid=()):
         name, budget, idx = final_dfme(rows, key, grid_info)
         _one_attack(rows, idx)
         d = _by_seed(rows, idx)
-        protection, t_idx, t_name = None, [], None
+        protection, t_idx, t_name, t_pending = None, [], None, False
         if key != teacher and budget is not None:
             t_name, t_budget, t_idx = final_dfme(rows, teacher, grid_info, budget)
             _one_attack(rows, t_idx, idx if t_name == name else [])  # another setting: each its own strongest
-            protection = paired(_by_seed(rows, t_idx), d) if t_budget == budget else None
+            t_pending = t_budget != budget  # the teacher has no data-free run at this budget yet
+            protection = None if t_pending else paired(_by_seed(rows, t_idx), d)
         # the bare model's grid: its missing settings, else (defended) the search's; a complete grid whose
         # strongest setting has no runs at the headline's budget yet is said, not hidden
         bare, missing = strongest(rows, key[0], grid_info[2], grid_info[0], grid_info[1]) if grid_info else (None, [])
@@ -369,20 +370,29 @@ def headline(rows, grid_names=None, aware=(), variant_grid=()):
                  "served_l1": acc[key][2], "utility_cost": acc[teacher][1] - acc[key][1], "dfme_setting": name,
                  "dfme_budget": budget, "dfme_attack": rows[idx[0]]["attack"] if idx else None, "dfme": d,
                  "dfme_rows": idx, "teacher_rows": t_idx, "teacher_setting": t_name, "dfme_protection": protection,
+                 "teacher_pending": t_pending,
                  "knockoff": {}}
         for title, pool, output in columns:
             kb, kidx = knockoff_runs(rows, key, pool, output)
             k = _by_seed(rows, kidx)
             tb, tidx = knockoff_runs(rows, teacher, pool, output, kb) if kb is not None else (None, [])
             _one_attack(rows, kidx, tidx)
-            entry["knockoff"][title] = {"budget": kb, "clone": k, "rows": kidx, "protection": None
+            entry["knockoff"][title] = {"budget": kb, "clone": k, "rows": kidx, "t_rows": tidx, "protection": None
                                         if key == teacher or tb is None else paired(_by_seed(rows, tidx), k)}
-        # the verdict: this victim's strongest attack of all against the bare teacher's strongest of all
+        # the verdict: this victim's strongest attack of all against the bare teacher's strongest of the same
+        # attacks at the same budgets (the teacher's runs paired with each column above), never a clone of
+        # another budget (say, the teacher's 1M data-free clone against the victim's 2M one)
         title, idx = strongest_overall(rows, entry)
-        o = {"attack": title, "clone": _by_seed(rows, idx), "protection": None, "unpaired": False}
-        if out and idx and out[0]["overall"]["attack"]:
-            o["protection"] = paired(out[0]["overall"]["clone"], o["clone"])
-            o["unpaired"] = o["protection"] is None  # no seed in common with the teacher's strongest
+        o = {"attack": title, "clone": _by_seed(rows, idx), "protection": None, "unpaired": False,
+             "teacher_attack": None}
+        if out and idx:
+            t_entry = {"dfme_rows": [] if t_pending else t_idx, "dfme_setting": t_name,
+                       "dfme_attack": rows[t_idx[0]]["attack"] if t_idx else None,
+                       "knockoff": {c: {"rows": k["t_rows"]} for c, k in entry["knockoff"].items()}}
+            o["teacher_attack"], t_best = strongest_overall(rows, t_entry)
+            if t_best:
+                o["protection"] = paired(_by_seed(rows, t_best), o["clone"])
+                o["unpaired"] = o["protection"] is None  # no seed in common with the teacher's strongest
         entry["overall"] = o
         out.append(entry)
     return out
@@ -489,7 +499,9 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
              "at this budget are still to run)" if e["final_pending"] else "")
         cells = [e["victim"], f"{100 * e['served_acc']:.2f}", f"{100 * e['utility_cost']:.2f}"] + \
             ([f"{e['served_l1']:.4f}"] if served else []) + \
-            [attack, _clone_text(e["dfme"]), protection_text(e["dfme_protection"]) +
+            [attack, _clone_text(e["dfme"]),
+             f"- (the teacher's {e['dfme_budget']:,}-query runs are still to run)" if e["teacher_pending"] else
+             protection_text(e["dfme_protection"]) +
              (f" (against the teacher's {e['teacher_setting']}, not its strongest{' so far' if t_open else ''}, "
               f"{t_best})" if e["dfme_protection"] and e["teacher_setting"] != t_best else
               f" (against the teacher's best so far, {t_best}: the teacher's grid incomplete)"
@@ -498,9 +510,14 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
             k = e["knockoff"][c]
             cells += [_clone_text(k["clone"]) + (f", {k['budget']:,} q" if k["budget"] else ""),
                       protection_text(k["protection"])]
-        o = e["overall"]
+        o, t_all = e["overall"], entries[0]["overall"]["attack"]
         cells += [o["attack"] or "-", _clone_text(o["clone"]),
-                  "no seed in common with the teacher's" if o["unpaired"] else protection_text(o["protection"]) +
+                  "no seed in common with the teacher's" if o["unpaired"] else
+                  "- (the teacher has no run of these attacks at these budgets)"
+                  if e is not entries[0] and o["attack"] and not o["teacher_attack"] else
+                  protection_text(o["protection"]) +
+                  (f" (against the teacher's {o['teacher_attack']}, its strongest of the attacks this victim met "
+                   "at the same budgets)" if o["protection"] and o["teacher_attack"] != t_all else "") +
                   (" (the teacher's grid incomplete: its strongest of all may still rise)"
                    if o["protection"] and t_open else "")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -512,7 +529,7 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
                   "whichever is stronger on validation; a MISLEADER variant (misleader-NAME: its members retrained "
                   "with another knob) with MISLEADER's strongest setting and those of VARIANT_GRID, likewise. "
                   "Strongest of all: of the victim's attacks above, the one whose clones score highest on the "
-                  "validation split, "
-                  "against the bare teacher's strongest of all (paired seeds); its protection is the one the target "
-                  "of 20 points at 2 points of utility cost is about."]
+                  "validation split, against the bare teacher's strongest (on validation) of the same attacks at the "
+                  "same budgets (paired seeds); its protection is the one the target of 20 points at 2 points of "
+                  "utility cost is about."]
     return lines

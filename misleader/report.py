@@ -54,12 +54,17 @@ def load_results(path, required=REPORT_COLUMNS):
 
 def one_checkpoint_per_victim(rows, path):
     """Raise UserError when two rows of one victim (config, dataset, label) attacked checkpoints with different
-    test accuracies: clones of a retrained victim, or of one made on another machine, must never be averaged or
-    paired with the first's (say, a fresh clone's `test.sh` rows beside the committed rows of its config)."""
+    test accuracies or at different paths: clones of a retrained victim, or of one made on another machine, must
+    never be averaged or paired with the first's (say, a fresh clone's `test.sh` rows beside the committed rows of
+    its config)."""
     first = {}
     for i, r in enumerate(rows):
         key = (r.get("config") or "", r.get("dataset") or "", r.get("label") or r.get("victim") or "")
         j = first.setdefault(key, i)
+        p, q = (os.path.normpath(x) if x else "" for x in (rows[j].get("victim_path"), r.get("victim_path")))
+        if p and q and p != q:
+            raise UserError(f"{path}: lines {j + 2} and {i + 2} attack victim '{key[2]}' (config '{key[0]}') at two "
+                            f"paths, {p} and {q}: one label, one checkpoint; give the other victim its own --label")
         a, b = rows[j].get("victim_acc") or "", r.get("victim_acc") or ""
         try:
             same = abs(float(a) - float(b)) < 5e-5
@@ -339,10 +344,11 @@ def plot_protection_vs_queries(series, path, title):
     if series:
         ax.legend(loc="best", fontsize="small")
     else:
-        ax.text(0.5, 0.5, "no paired runs with metrics.csv", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no data-free run paired with the teacher's\n(same budget, same seed, with metrics.csv) yet",
+                ha="center", va="center", transform=ax.transAxes)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xlabel("queries used (millions)")
-    ax.set_ylabel("protection (points): teacher clone - victim clone")
+    ax.set_ylabel("protection (points): teacher clone - victim clone\n(mean over seeds, band ±1 sample std)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     _save(fig, path)
@@ -480,7 +486,8 @@ def write_report(csv_path, out_dir, config=None, grid_names=None, aware=(), vari
             if e["dfme_protection"] is not None:  # paired with the teacher's runs at the victim's budget
                 pc = protection_curves(seed_curves(e["teacher_rows"]), seed_curves(e["dfme_rows"]))
                 if pc:
-                    series.append((e["victim"], *pc))
+                    series.append((f"{e['victim']}, {e['dfme_setting'] or e['dfme_attack']} at "
+                                   f"{e['dfme_budget'] / 1e6:g}M", *pc))
     plot_protection_vs_queries(series, png_protection, f"Protection vs queries, paired seeds ({scope})")
 
     lines = ["# Model extraction results", "",

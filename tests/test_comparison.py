@@ -478,6 +478,46 @@ def test_runs_with_other_attack_settings_are_not_paired_as_one_attack():
              for b in (2000, 20000)])
 
 
+def test_a_data_free_setting_with_another_query_range_is_not_paired_as_one_attack():
+    """`--query_range data` is not in the settings column: a teacher run and a victim run of one setting name that
+    differ in it are two attacks."""
+    rows = [_row("teacher", setting="late", val="0.8", query_range="data"),
+            _row("misleader", setting="late", val="0.6", query_range="tanh")]
+    with pytest.raises(comparison.UserError, match="differ in query_range"):
+        comparison.headline(rows)
+    rows[0]["query_range"] = "tanh"
+    assert comparison.headline(rows)[1]["dfme_protection"]["mean"] == pytest.approx(0.0)
+
+
+def test_the_strongest_of_all_never_pairs_clones_of_two_budgets():
+    """The victim's strongest attack (data-free at 2M) is paired with the teacher's strongest of the same attacks at
+    the same budgets, never with the teacher's 1M clone while its 2M runs are missing; both cells say why."""
+    s = "lr_S=0.03"
+    rows = [_row("teacher", "disguide", seed=0, setting="pub", settings=s, val="0.86", clone="0.8623"),
+            _row("misleader", "disguide", seed=0, setting="pub", settings=s, val="0.76", clone="0.7606"),
+            _row("misleader", "disguide", budget=2000000, seed=0, setting="pub", settings=s, val="0.75",
+                 clone="0.7512")]
+    t, m = comparison.headline(rows)
+    assert m["dfme_budget"] == 2000000 and m["dfme_protection"] is None and m["teacher_pending"]
+    assert m["overall"]["attack"] == "data-free pub" and m["overall"]["protection"] is None  # was 0.8623 - 0.7512
+    line = comparison.headline_table(rows)[3]
+    assert "the teacher's 2,000,000-query runs are still to run" in line
+    assert line.endswith("| - (the teacher has no run of these attacks at these budgets) |")
+    rows.append(_row("teacher", "disguide", budget=2000000, seed=0, setting="pub", settings=s, val="0.85",
+                     clone="0.8535"))
+    t, m = comparison.headline(rows)
+    assert m["dfme_protection"]["diffs"] == pytest.approx([0.8535 - 0.7512])
+    assert m["overall"]["protection"]["diffs"] == pytest.approx([0.8535 - 0.7512])
+    # the teacher's own strongest of all (Knockoff, better on validation) is not met by this victim: the verdict
+    # pairs the attacks both met, and says against which
+    rows.append(_row("teacher", "knockoff", budget=20000, seed=0, settings="pool=p", val="0.88", clone="0.8771"))
+    t, m = comparison.headline(rows)
+    assert t["overall"]["attack"] == "Knockoff p" and m["overall"]["teacher_attack"] == "data-free pub"
+    assert m["overall"]["protection"]["diffs"] == pytest.approx([0.8535 - 0.7512])
+    assert "(against the teacher's data-free pub, its strongest of the attacks this victim met" in \
+        comparison.headline_table(rows)[3]
+
+
 def test_a_teacher_with_one_knockoff_budget_is_still_checked_against_the_curve_it_is_paired_with():
     """The curve shows victims with two budgets or more, but pairs each with the teacher's runs at that budget even
     when the teacher has only one: those runs must be the same attack too."""
@@ -557,3 +597,10 @@ def test_clones_of_two_checkpoints_of_one_victim_are_never_mixed(tmp_path, capsy
     path = _write_csv(tmp_path / "r.csv", rows, COLUMNS)
     report.main(["--csv", path, "--config", "c", "--strongest", "teacher", "--grid", "a"])
     assert capsys.readouterr().out.strip() == "a"
+    # one label, one checkpoint: the same test accuracy at another path is another victim too
+    rows[0]["victim_path"], rows[1]["victim_path"] = "Defense/cache/teacher/a.pt", "./Defense/cache/teacher/a.pt"
+    report.main(["--csv", _write_csv(tmp_path / "r.csv", rows, COLUMNS), "--config", "c", "--strongest", "teacher",
+                 "--grid", "a"])  # one path spelled two ways
+    rows[1]["victim_path"] = "Defense/cache/teacher/b.pt"
+    with pytest.raises(comparison.UserError, match="lines 2 and 3 attack victim 'teacher' .* at two paths"):
+        report.write_report(_write_csv(tmp_path / "r.csv", rows, COLUMNS), str(tmp_path / "out"), config="c")
