@@ -4,7 +4,7 @@ For each utility cost in --cost (points of top-1 accuracy), raises tau from 0 in
 last tau before the served answers on the validation split lose more than that much accuracy against the model's
 raw answers, and the --api_defense spec that serves it. The test set chooses nothing; an attack run then
 measures the served test accuracy itself (results column served_acc). Needs the misinformation model
-(Defense/train_misinformation.py).
+(Defense/train_misinformation.py). Both models run in float32, as the API serves them, whatever --amp says.
   python Defense/choose_tau.py --dataset fashionmnist --victim teacher --cost 0.5 1 2
 """
 
@@ -49,7 +49,7 @@ def main(argv):
     if not os.path.isfile(args.misinfo):
         raise UserError(f"--misinfo {args.misinfo}: no such file (train it with Defense/train_misinformation.py, "
                         f"or train.sh with MISINFO_ARCH set in the config)")
-    device, amp, _ = setup(args)
+    device, _, _ = setup(args)  # p and g in float32 whatever --amp: as the API serves them
     model, label, _ = checkpoint.load_victim(args.victim, info, args.teacher_model, args.ensemble_tag,
                                              args.teacher_tag)
     defense = api_defense.build(f"adaptive_misinformation:tau=0,nu={args.nu},model={args.misinfo}", info)
@@ -57,8 +57,8 @@ def main(argv):
     x, y = data.normalize(data.val.x), data.val.y
     if len(y) == 0:
         raise UserError("the validation split is empty (--val_size 0): tau is chosen on it")
-    p = predict(model.to(device).eval(), x, amp=amp)
-    g = predict(defense.model.to(device).eval(), x, amp=amp)
+    p = predict(model.to(device).eval(), x)
+    g = predict(defense.model.to(device).eval(), x)
     raw = (p.argmax(1) == y).float().mean().item()
     print(f"{label} on the validation split of {args.dataset} ({len(y)} images): raw top-1 {100 * raw:.2f} %; "
           f"misinformation model {args.misinfo}, nu {args.nu:g}")

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from misleader.errors import UserError
-from misleader.runtime import autocast
 
 NONE = "none"
 CLIP = 1e-9
@@ -224,17 +223,18 @@ def misinformation_thresholds(p, g, y, nu, costs, steps=1000):
 
 
 @torch.no_grad()
-def served_utility(defense, probs, x, y, amp=None, batch_size=2048):
+def served_utility(defense, probs, x, y, batch_size=2048):
     """(top-1 accuracy of the served answers, mean L1 distance between served and unperturbed probabilities)
-    over (x, y), where ``probs`` are the model's probabilities on the queries x. The evaluator's view: the
-    defense function is applied directly and no query is counted. No defense: (accuracy of probs, 0.0)."""
+    over (x, y), where ``probs`` are the model's float32 probabilities on the queries x. The evaluator's view:
+    the defense function is applied directly, in float32 as the BlackBox serves it (never under autocast: a
+    bfloat16 misinformation model would move answers near tau), and no query is counted. No defense: (accuracy of
+    probs, 0.0)."""
     if defense is None:
         return (probs.argmax(1) == y).float().mean().item(), 0.0
     correct, l1 = 0.0, 0.0
     for i in range(0, x.shape[0], batch_size):
         p = probs[i:i + batch_size].float()
-        with autocast(x.device, amp):
-            q = defense(p, x[i:i + batch_size])
+        q = defense(p, x[i:i + batch_size])
         correct += (q.argmax(1) == y[i:i + batch_size]).sum().item()
         l1 += (q - p).abs().sum().item()
     return correct / x.shape[0], l1 / x.shape[0]

@@ -97,14 +97,14 @@ class AttackStage:
         self.data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, self.device)
         self.victim_model = model.to(self.device, memory_format=self.fmt).eval()
         self.test_x = self.data.normalize(self.data.test.x).contiguous(memory_format=self.fmt)
-        probs = predict(self.victim_model, self.test_x, amp=self.amp)
+        probs = predict(self.victim_model, self.test_x)  # in float32, as the BlackBox serves it, whatever --amp
         self.victim_pred = probs.argmax(1)
         self.victim_acc = (self.victim_pred == self.data.test.y).float().mean().item()  # the raw model's
         if self.defense:
             self.defense.to(self.device, self.fmt)
         # utility as users get it: the served answers on the test set, computed here (no query counted)
         self.served_acc, self.served_l1 = api_defense.served_utility(self.defense, probs, self.test_x,
-                                                                     self.data.test.y, self.amp)
+                                                                     self.data.test.y)
         if self.defense:
             print(f"API defense {args.api_defense}: served test acc {self.served_acc:.4f} (raw model "
                   f"{self.victim_acc:.4f}), mean L1 served - raw probabilities {self.served_l1:.4f}")

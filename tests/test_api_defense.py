@@ -318,6 +318,32 @@ def test_every_defense_runs_through_an_attack_and_its_row_holds_the_served_utili
     assert all(ok for *_, ok in report.verify(results))  # victim_acc and fidelity are the raw model's
 
 
+def test_served_utility_and_tau_are_those_of_the_float32_api_under_bf16_autocast(world, monkeypatch, capsys):
+    """The BlackBox serves float32 answers whatever --amp says; the served utility recorded in the row and the
+    thresholds of choose_tau must describe that API, not a bfloat16 copy of it (answers near tau would move)."""
+    monkeypatch.chdir(world)
+    misinfo = paths.misinfo_path("synthetic", "lenet5fifth")
+    spec = f"adaptive_misinformation:tau=0.5,nu=1000,model={misinfo}"
+    results = str(world / "bf16.csv")
+    _script("DFME", "knockoff.py").main(["--dataset", "synthetic", "--victim", "teacher", "--pool", "synthetic",
+                                         "--query_budget", "0.0003", "--epochs", "1", "--progress", "0", "--amp",
+                                         "bf16", "--results", results, "--log_dir", "runs", "--api_defense", spec])
+    row = read_rows(results)[0]
+    d = load_dataset("synthetic")
+    x = d.normalize(d.test.x)
+    p = predict(checkpoint.build_classifier(checkpoint.load(paths.teacher_path("synthetic", "lenet5"))), x)
+    q = api_defense.build(spec, dataset_info("synthetic"))(p, x)
+    assert float(row["victim_acc"]) == pytest.approx((p.argmax(1) == d.test.y).float().mean().item(), abs=1e-4)
+    assert float(row["served_acc"]) == pytest.approx((q.argmax(1) == d.test.y).float().mean().item(), abs=1e-4)
+    assert float(row["served_l1"]) == pytest.approx((q - p).abs().sum(1).mean().item(), abs=1e-5)
+    tau = _script("Defense", "choose_tau.py")
+    for amp in ("off", "bf16"):
+        tau.main(["--dataset", "synthetic", "--victim", "teacher", "--teacher_model", "lenet5", "--misinfo", misinfo,
+                  "--nu", "1000", "--cost", "1", "5", "--amp", amp])
+    out = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("cost <=")]
+    assert len(out) == 4 and out[:2] == out[2:]
+
+
 def test_a_row_records_the_commit_of_the_code_that_ran_not_a_later_checkout(world, monkeypatch):
     """A long run whose checkout moves on (git pull mid-run) records the commit read when it started."""
     from misleader import attack
