@@ -19,9 +19,9 @@ import torch  # noqa: E402
 
 from misleader.attack import AttackStage, add_attack_flags, finish_parse  # noqa: E402
 from misleader.cli import Parser, main_wrapper  # noqa: E402
-from misleader.data import DATASET_NAMES, Augment, Split, load_dataset, num_batches  # noqa: E402
+from misleader.data import DATASET_NAMES, Augment, Split, num_batches  # noqa: E402
 from misleader.errors import UserError  # noqa: E402
-from misleader.knockoff import query_transfer_set, soft_cross_entropy, to_channels, transfer_indices  # noqa: E402
+from misleader.knockoff import query_pool, query_transfer_set, soft_cross_entropy, transfer_indices  # noqa: E402
 from misleader.loop import EpochLoop  # noqa: E402
 from misleader.models import create_model  # noqa: E402
 from misleader.runlog import RunLog  # noqa: E402
@@ -76,9 +76,7 @@ def main(argv):
     if stage.already_recorded():
         return
     info, data, dev = stage.info, stage.data, stage.device
-    # the victim's own data: its training split as loaded for the evaluation (never the validation images)
-    pool = data.train.x if args.pool == args.dataset else \
-        to_channels(load_dataset(args.pool, args.data_root, None, args.split_seed, dev).train.x, info.in_channels)
+    pool, pool_text = query_pool(args.pool, data, budget, args.seed, args.data_root, args.split_seed)
     student = seeded(args.seed, lambda: create_model(args.student_model, info.num_classes, info.in_channels))
     student = student.to(dev, memory_format=stage.fmt)
     opt = make_optimizer("sgd", student.parameters(), args.lr, 0.9, args.weight_decay)
@@ -88,6 +86,7 @@ def main(argv):
                      aug.g, torch.Generator().manual_seed(args.seed), keep_best=False)
     resumed = loop.resume()
     if transfer.answers is None:
+        stage.run.defer_signals()  # a signal while asking waits for the answers to be saved: none is asked twice
         idx = transfer_indices(pool.shape[0], budget, torch.Generator().manual_seed(args.seed))
         t0 = time.time()
         answers = query_transfer_set(stage.victim, pool[idx.to(dev)], data.normalize, info.num_classes,
@@ -96,7 +95,7 @@ def main(argv):
         transfer.wall = time.time() - t0
         loop.save()
     stage.victim.used = transfer.used
-    settings = (f"pool={args.pool} epochs={args.epochs} batch_size={args.batch_size} lr={args.lr:g} "
+    settings = (f"pool={args.pool}{pool_text} epochs={args.epochs} batch_size={args.batch_size} lr={args.lr:g} "
                 f"weight_decay={args.weight_decay:g} augment={args.augment} victim_output={args.victim_output}")
     log = RunLog(args.log_dir, "knockoff", stage.run_name, {**vars(args), "settings": settings},
                  resume_step=loop.epoch if resumed else None)

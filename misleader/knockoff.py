@@ -9,6 +9,27 @@ import torch
 import torch.nn.functional as F
 
 from misleader.attack import one_hot_answers
+from misleader.data import dataset_info, load_dataset, make_synthetic
+
+# a procedural pool's images are drawn for the attacker with seeds of their own (POOL_SEED + the run's seed), never
+# the synthetic dataset's training (1234) or test (4321) images
+POOL_SEED = 20_000
+
+
+def query_pool(pool, data, budget, seed, data_root, split_seed):
+    """(images in [0, 1] with the victim's channels, text for the settings column) of the attacker's pool: the
+    victim's own training split (``pool`` = its dataset; never the validation images), another dataset's training
+    split, or, for a procedural pool (the synthetic gratings), ``budget`` distinct images made for this run: a
+    generator has no fixed size, so no query is spent twice on one image (the seed makes them the same against
+    every victim)."""
+    channels = data.info.in_channels
+    if pool == data.info.name:
+        return data.train.x, ""
+    if pool.startswith("synthetic"):
+        x, _ = make_synthetic(budget, dataset_info(pool).in_channels, POOL_SEED + seed)
+        x = torch.from_numpy(x).float().div_(255).to(data.device)
+        return to_channels(x, channels), f" pool_images={budget}"
+    return to_channels(load_dataset(pool, data_root, None, split_seed, data.device).train.x, channels), ""
 
 
 def transfer_indices(pool_size, budget, generator):

@@ -78,11 +78,16 @@ class RunState:
                                                       **payload))
         self.last_save = time.time()
 
+    def defer_signals(self):
+        """From now on SIGINT/SIGTERM only set a flag that the next ``boundary`` acts on (say, while queries are
+        spent that the state saved at that boundary keeps)."""
+        if self.stop is None:
+            self.stop = StopFlag()
+
     def boundary(self, payload):
         """At a step boundary: on SIGINT/SIGTERM save ``payload()`` and exit 128+signal; every save_every_min
         minutes save it."""
-        if self.stop is None:
-            self.stop = StopFlag()
+        self.defer_signals()
         self.stop.exit_if_set(lambda: self.save(payload()), self.file)
         if time.time() - self.last_save > self.save_every:
             self.save(payload())

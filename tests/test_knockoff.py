@@ -116,6 +116,73 @@ def test_knockoff_attacks_a_model_from_a_python_file(tmp_path, monkeypatch):
     assert all(ok for *_, ok in checks) and [c[1] for c in checks][-1] == "clone_val_acc" and len(checks) == 5
 
 
+def test_a_procedural_pool_spends_every_query_on_an_image_of_its_own(tmp_path, monkeypatch):
+    """The synthetic gratings as an attacker's pool are a generator, not a fixed set: a budget above the synthetic
+    dataset's 4,000 training images still asks about as many distinct images as it has queries, never the
+    evaluator's own synthetic images, and the same seed draws the same images against every victim."""
+    from misleader import knockoff
+    from misleader.data import load_dataset
+    monkeypatch.chdir(tmp_path)
+    asked = []
+    real = knockoff.query_transfer_set
+
+    def recording(victim, images, *a, **kw):
+        asked.append(images.clone())
+        return real(victim, images, *a, **kw)
+    entry = _knockoff()
+    monkeypatch.setattr(entry, "query_transfer_set", recording)
+    file = _user_model_file(tmp_path)
+    results = str(tmp_path / "r.csv")
+    for seed in (0, 0, 1):
+        entry.main(["--dataset", "synthetic", "--victim", f"{file}:build", "--pool", "synthetic_rgb", "--query_budget",
+                    "0.006", "--epochs", "1", "--progress", "0", "--results", results, "--seed", str(seed),
+                    "--tag", f"t{len(asked)}", "--log_dir", str(tmp_path / "runs")])
+    x = asked[0]
+    assert x.shape == (6000, 1, 32, 32) and torch.unique(x.flatten(1), dim=0).shape[0] == 6000  # 4,000 before
+    assert torch.equal(asked[1], x) and not torch.equal(asked[2], x)  # paired by seed
+    own = load_dataset("synthetic_rgb")  # the evaluator's images are not among them
+    evaluator = torch.cat([own.train.x, own.val.x, own.test.x])
+    evaluator = 0.299 * evaluator[:, 0:1] + 0.587 * evaluator[:, 1:2] + 0.114 * evaluator[:, 2:3]
+    assert not (torch.cdist(x[:500].flatten(1), evaluator.flatten(1)).min(1).values < 1e-4).any()
+    rows = list(csv.DictReader(open(results)))
+    assert "pool=synthetic_rgb pool_images=6000 " in rows[0]["settings"] and rows[0]["queries_used"] == "6000"
+
+
+def test_a_signal_while_asking_keeps_the_answers_and_the_resumed_run_asks_nothing_again(tmp_path, monkeypatch):
+    """SIGINT in the middle of the query phase: the answers bought so far are not thrown away uncounted; the run
+    finishes asking, saves the transfer set, exits 130, and --resume 1 trains on it without a single new query."""
+    import signal
+
+    from misleader.victim import BlackBox
+    monkeypatch.chdir(tmp_path)
+    asked, real = [], BlackBox.__call__
+
+    def counted(self, x):
+        asked.append(x.shape[0])
+        if len(asked) == 2:  # what SIGINT does now: the installed handler, or Python's KeyboardInterrupt
+            handler = signal.getsignal(signal.SIGINT)
+            if not callable(handler) or handler is signal.default_int_handler:
+                raise KeyboardInterrupt
+            handler(signal.SIGINT, None)
+        return real(self, x)
+    monkeypatch.setattr(BlackBox, "__call__", counted)
+    file = _user_model_file(tmp_path)
+    argv = ["--dataset", "synthetic", "--victim", f"{file}:build", "--pool", "synthetic", "--query_budget", "0.003",
+            "--query_batch", "1000", "--epochs", "1", "--progress", "0", "--results", str(tmp_path / "r.csv"),
+            "--log_dir", str(tmp_path / "runs")]
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises((SystemExit, KeyboardInterrupt)):
+            _knockoff().main(argv)
+        _knockoff().main(argv + ["--resume", "1"])
+    finally:
+        signal.signal(signal.SIGINT, old)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert sum(asked) == 3000  # not 1000 lost + 3000 asked again
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert len(rows) == 1 and rows[0]["queries_used"] == "3000"
+
+
 @pytest.mark.parametrize("body,weights,msg", [
     ("return 3", None, "not a torch.nn.Module"),
     ("return Net()", "missing.pt", "not found"),
