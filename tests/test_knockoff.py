@@ -97,7 +97,8 @@ def test_knockoff_attacks_a_model_from_a_python_file(tmp_path, monkeypatch):
     _knockoff().main(["--dataset", "synthetic", "--victim", f"{file}:build", "--victim_weights", weights,
                       "--pool", "synthetic", "--query_budget", "0.0015", "--epochs", "2", "--progress", "0",
                       "--results", results, "--log_dir", str(tmp_path / "runs")])
-    rows = list(csv.DictReader(open(results)))
+    with open(results) as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 1
     r = rows[0]
     assert (r["attack"], r["victim"], r["queries_used"], r["query_budget"]) == ("knockoff", "my_model", "1500", "1500")
@@ -144,7 +145,8 @@ def test_a_procedural_pool_spends_every_query_on_an_image_of_its_own(tmp_path, m
     evaluator = torch.cat([own.train.x, own.val.x, own.test.x])
     evaluator = 0.299 * evaluator[:, 0:1] + 0.587 * evaluator[:, 1:2] + 0.114 * evaluator[:, 2:3]
     assert not (torch.cdist(x[:500].flatten(1), evaluator.flatten(1)).min(1).values < 1e-4).any()
-    rows = list(csv.DictReader(open(results)))
+    with open(results) as f:
+        rows = list(csv.DictReader(f))
     assert "pool=synthetic_rgb pool_images=6000 " in rows[0]["settings"] and rows[0]["queries_used"] == "6000"
 
 
@@ -179,7 +181,8 @@ def test_a_signal_while_asking_keeps_the_answers_and_the_resumed_run_asks_nothin
         signal.signal(signal.SIGINT, old)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     assert sum(asked) == 3000  # not 1000 lost + 3000 asked again
-    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    with open(tmp_path / "r.csv") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["queries_used"] == "3000"
 
 
