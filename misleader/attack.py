@@ -15,7 +15,7 @@ from misleader import api_defense, checkpoint, paths
 from misleader.cli import add_common, add_run_flags
 from misleader.data import dataset_info, load_dataset
 from misleader.loop import RunState
-from misleader.results import has_row, record_row
+from misleader.results import check as check_results, has_row, record_row
 from misleader.runlog import git_commit
 from misleader.runtime import setup
 from misleader.evaluate import accuracy, clone_metrics, predict
@@ -78,6 +78,7 @@ class AttackStage:
 
     def __init__(self, args, attack, budget, state_kind="attack-state", variant=""):
         self.args, self.attack = args, attack
+        check_results(args.results)  # a results file that could not take the row stops the run before it starts
         self.device, self.amp, self.fmt = setup(args)
         self.info = info = dataset_info(args.dataset)
         model, victim_label, self.victim_path = checkpoint.load_victim(args.victim, info, args.teacher_model,

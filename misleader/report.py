@@ -592,16 +592,18 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
         vkey = (os.path.abspath(vpath), weights)
         if vkey not in victims:
             victims[vkey] = checkpoint.load_victim(vpath, info, None, weights=weights)[0].to(dev).eval()
-        pkey = (vkey, name, str(amp))
-        if pkey not in victim_preds:
-            victim_preds[pkey] = predict(victims[vkey], test_x, amp=amp).argmax(1)
+        pkey = (vkey, name)
+        if pkey not in victim_preds:  # in float32, as the run measured it (the API's own precision)
+            victim_preds[pkey] = predict(victims[vkey], test_x).argmax(1)
         victim_pred = victim_preds[pkey]
         clone_acc, fidelity = clone_metrics(student, test_x, y, victim_pred, amp)
         recomputed = {"victim_acc": (victim_pred == y).float().mean().item(), "clone_acc": clone_acc,
                       "fidelity": fidelity,
                       "queries_used": used}
         fields = VERIFIED_FIELDS
-        if r.get("clone_val_acc"):  # rows written before the column existed have none to check
+        # rows and clones made before the column existed have none to check; a clone that recorded one is checked
+        # against its row, an empty cell included
+        if r.get("clone_val_acc") or (ck.get("metrics") or {}).get("clone_val_acc") is not None:
             recomputed["clone_val_acc"] = accuracy(student, data.val, data.normalize, amp)
             fields += ("clone_val_acc",)
         del student
@@ -616,6 +618,9 @@ def _compared(i, r, recomputed, fields, tolerance):
     must be equal, an accuracy within ``tolerance`` once rounded to the CSV's 4 decimals."""
     out = []
     for field in fields:
+        if not (r.get(field) or "").strip():  # an empty cell where the checkpoint has a value: never OK
+            out.append((i, field, float("nan"), float(recomputed[field]), False))
+            continue
         csv_value = _num(r, field, i)
         if field == "queries_used":
             value = float(recomputed[field])

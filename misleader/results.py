@@ -3,8 +3,9 @@ clone checkpoint (``attack_path``): a run repeated after its checkpoint was lost
 row, which keeps one row per seed for the report.
 
 Many runs may write to one CSV at once (a run list under ``xargs -P``, a SLURM array on a shared filesystem):
-every read-modify-write and append holds an exclusive ``fcntl.flock`` on ``<csv>.lock`` beside it, so N
-writers of N runs give N rows and one header whatever the interleaving. ``attack_path`` is relative to the
+every change holds an exclusive ``fcntl.flock`` on ``<csv>.lock`` beside the file (a symbolic link's target),
+so N writers of N runs give N rows and one header whatever the interleaving, and every change writes a
+complete new file that replaces the old one (fsync, then rename): a run killed mid-write leaves the earlier file. ``attack_path`` is relative to the
 repository root, where the runs start: two checkouts should not share one CSV.
 """
 
@@ -41,7 +42,7 @@ def append_row(path, row):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with locked(path):
         _upgrade(path)
-        _append(path, row)
+        _write(path, _rows(path) + [_own(row)])
 
 
 def record_row(path, row):
@@ -49,32 +50,42 @@ def record_row(path, row):
     (all under the CSV's lock). Returns the removed rows."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with locked(path):
-        old = []
         _upgrade(path)
-        if row.get("attack_path") and os.path.isfile(path) and os.path.getsize(path) > 0:
-            rows = read_rows(path)
-            old = [r for r in rows if r.get("attack_path") == row["attack_path"]]
-            if old:
-                _write(path, [r for r in rows if r.get("attack_path") != row["attack_path"]])
-        _append(path, row)
+        rows, key = _rows(path), row.get("attack_path")
+        old = [r for r in rows if key and r.get("attack_path") == key]
+        _write(path, [r for r in rows if not (key and r.get("attack_path") == key)] + [_own(row)])
         return old
 
 
-def _append(path, row):
-    """Append under the caller's lock, to a file with the current header (``_upgrade`` first) or none."""
-    new = not os.path.isfile(path) or os.path.getsize(path) == 0
-    with open(path, "a", newline="") as f:  # closed (written out) before the lock is released
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
+def check(path):
+    """Raise UserError now, before a run spends its budget, when the CSV ``path`` could not take the run's row at
+    its end: columns this version does not write, or a damaged line (more fields than the header)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    with locked(path):
+        with open(path, newline="") as f:
+            _check_header(path, next(csv.reader(f), []))
+        bad = [i + 2 for i, r in enumerate(read_rows(path)) if None in r]
+        if bad:
+            raise UserError(f"{path}: line {bad[0]} has more fields than the header; mend the file or give another "
+                            "--results file")
+
+
+def _rows(path):
+    return read_rows(path) if os.path.isfile(path) and os.path.getsize(path) > 0 else []
+
+
+def _own(row):
+    """The row's values of the CSV's columns (other keys are not written)."""
+    return {k: v for k, v in row.items() if k in COLUMNS}
 
 
 @contextlib.contextmanager
 def locked(path):
     """Hold the exclusive lock of the CSV ``path`` (on ``<path>.lock``, created if needed) while in the block.
-    The lock is on a separate file because the column upgrade replaces the CSV itself."""
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    The lock is on a separate file because every change replaces the CSV itself, and beside the file a symbolic
+    link points to, so that writers through the link and through its target take the same lock."""
+    fd = os.open(os.path.realpath(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -95,19 +106,24 @@ def _upgrade(path):
         _add_columns(path, header)
 
 
-def _add_columns(path, header):
-    """Rewrite the file with the current columns; the caller holds the lock."""
+def _check_header(path, header):
     unknown = [c for c in header if c not in COLUMNS]
     if unknown or header != COLUMNS[:len(header)]:
         raise UserError(f"{path} has columns this version does not write ({', '.join(unknown) or 'another order'}); "
                         f"give another --results file")
+
+
+def _add_columns(path, header):
+    """Rewrite the file with the current columns; the caller holds the lock."""
+    _check_header(path, header)
     _write(path, [{**{c: earlier_value(c, r) for c in COLUMNS[len(header):]}, **r} for r in read_rows(path)])
 
 
 def _write(path, rows):
     """Replace the file (a symbolic link's target) with ``rows`` under the current columns: a temporary file with
-    the file's permissions, then a rename; the caller holds the lock. A row with more fields than the header (a
-    damaged line) is an error, not dropped."""
+    the file's permissions, written out (fsync), then a rename; the caller holds the lock. Whatever stops the
+    write (a full disk, a signal) leaves the earlier file and no temporary one. A row with more fields than the
+    header (a damaged line) is an error, not dropped."""
     real = os.path.realpath(path)
     tmp = f"{real}.tmp{os.getpid()}"
     try:
@@ -115,11 +131,19 @@ def _write(path, rows):
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
             w.writerows(rows)
-        shutil.copymode(real, tmp)
-    except ValueError as e:  # DictWriter: a field not in the header (DictReader puts a long line's extras under None)
-        os.remove(tmp)
-        raise UserError(f"{path}: a row has more fields than its header; mend the file first ({e})") from e
-    os.replace(tmp, real)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(real):
+            shutil.copymode(real, tmp)
+        os.replace(tmp, real)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, ValueError):  # DictWriter: a field not in the header (a long line's extras under None)
+            raise UserError(f"{path}: a row has more fields than its header; mend the file first ({e})") from e
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write {path}: {e.strerror or e}; the file is as it was") from e
+        raise
 
 
 def has_row(path, attack_path):

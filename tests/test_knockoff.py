@@ -186,6 +186,23 @@ def test_a_signal_while_asking_keeps_the_answers_and_the_resumed_run_asks_nothin
     assert len(rows) == 1 and rows[0]["queries_used"] == "3000"
 
 
+def test_a_results_file_that_cannot_take_the_row_stops_the_run_before_it_overwrites_anything(tmp_path, monkeypatch):
+    """A --results file with columns this version does not write is refused before the run starts, not after it
+    spent its budget and replaced the earlier clone at its path."""
+    monkeypatch.chdir(tmp_path)
+    file = _user_model_file(tmp_path)
+    argv = ["--dataset", "synthetic", "--victim", f"{file}:build", "--pool", "synthetic", "--query_budget", "0.0005",
+            "--epochs", "1", "--progress", "0", "--log_dir", str(tmp_path / "runs")]
+    _knockoff().main(argv + ["--results", str(tmp_path / "r.csv")])
+    with open(tmp_path / "r.csv") as f:
+        clone = next(csv.DictReader(f))["attack_path"]
+    before = open(clone, "rb").read()
+    (tmp_path / "bad.csv").write_text("bogus,dataset\n1,synthetic\n")
+    with pytest.raises(UserError, match="columns this version does not write"):
+        _knockoff().main(argv + ["--results", str(tmp_path / "bad.csv"), "--seed", "0"])
+    assert open(clone, "rb").read() == before
+
+
 @pytest.mark.parametrize("body,weights,msg", [
     ("return 3", None, "not a torch.nn.Module"),
     ("return Net()", "missing.pt", "not found"),

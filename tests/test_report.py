@@ -210,6 +210,22 @@ def test_verify_ok_then_mismatch(tmp_path, capsys):
     assert lines[2].startswith("row 2 ") and "MISMATCH queries_used csv 199807 recomputed 199808" in lines[2]
 
 
+def test_verify_checks_the_validation_accuracy_a_clone_recorded_even_when_its_cell_is_empty(tmp_path):
+    """A clone whose checkpoint recorded clone_val_acc is checked against its row: an emptied cell is a MISMATCH,
+    not a silent pass."""
+    row, _ = _verify_case(tmp_path)
+    ck = checkpoint.load(row["attack_path"])
+    data = load_dataset("synthetic")  # the run's split seed (its args hold none: 0)
+    clone = create_model("lenet5", 10, 1)
+    clone.load_state_dict(ck["state_dict"])
+    val = predict(clone.eval(), data.normalize(data.val.x)).argmax(1).eq(data.val.y).float().mean().item()
+    ck["metrics"]["clone_val_acc"] = val
+    checkpoint.save(row["attack_path"], ck)
+    res = report.verify(_write_csv(tmp_path / "r.csv", [dict(row, clone_val_acc=f"{val:.4f}"),
+                                                        dict(row, clone_val_acc="")]), device="cpu")
+    assert [(i, ok) for i, f, _, _, ok in res if f == "clone_val_acc"] == [(0, True), (1, False)]
+
+
 def test_verify_missing_checkpoint(tmp_path):
     row = _row(dataset="synthetic", label="teacher", seed=0, victim_acc="0.1", clone_acc="0.1", clone_best_acc="0.1",
                fidelity="0.1", victim_path=str(tmp_path / "v.pt"), attack_path=str(tmp_path / "a.pt"))
@@ -278,6 +294,42 @@ def test_record_row_replaces_the_rows_of_its_run_only_and_upgrades_an_older_file
     assert [(r["attack_path"], r["clone_acc"], r["query_range"]) for r in got] == [("b.pt", "0.6", "tanh"),
                                                                                   ("a.pt", "0.7", "data")]
     assert record_row(path, _row(seed=2, attack_path="c.pt")) == [] and len(read_rows(path)) == 3
+
+
+def test_a_write_that_fails_leaves_the_results_file_as_it_was_and_no_temporary_file(tmp_path, monkeypatch):
+    """A full disk (or a signal) in the middle of writing a row: the CSV keeps its earlier rows byte for byte, no
+    temporary file is left, and the error is one line (UserError), not a traceback."""
+    from misleader import results
+    path = _write_csv(tmp_path / "results.csv", [_row(seed=0, attack_path="a.pt")])
+    before = open(path, "rb").read()
+
+    def full_disk(self, rows):
+        self.writerow(next(iter(rows)))
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(csv.DictWriter, "writerows", full_disk)
+    for write in (results.record_row, results.append_row):
+        with pytest.raises(UserError, match="cannot write .*No space left on device; the file is as it was"):
+            write(path, _row(seed=1, attack_path="b.pt"))
+        assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["results.csv", "results.csv.lock"]
+
+
+def test_writers_through_a_symbolic_link_and_through_its_target_share_one_lock(tmp_path):
+    import threading
+
+    from misleader import results
+    real = _write_csv(tmp_path / "real.csv", [_row(seed=0, attack_path="a.pt")])
+    os.symlink(real, tmp_path / "results.csv")
+    got = threading.Event()
+
+    def through_the_link():
+        with results.locked(str(tmp_path / "results.csv")):
+            got.set()
+    with results.locked(real):
+        t = threading.Thread(target=through_the_link)
+        t.start()
+        assert not got.wait(0.5)  # waits for the lock held through the target
+    t.join(5)
+    assert got.is_set()
 
 
 def test_rows_of_different_experiments_are_never_averaged(tmp_path):
