@@ -486,8 +486,8 @@ def write_report(csv_path, out_dir, config=None, grid_names=None, aware=(), vari
             if e["dfme_protection"] is not None:  # paired with the teacher's runs at the victim's budget
                 pc = protection_curves(seed_curves(e["teacher_rows"]), seed_curves(e["dfme_rows"]))
                 if pc:
-                    series.append((f"{e['victim']}, {e['dfme_setting'] or e['dfme_attack']} at "
-                                   f"{e['dfme_budget'] / 1e6:g}M", *pc))
+                    name = f"{e['victim']}, {e['dfme_setting'] or e['dfme_attack']} at {e['dfme_budget'] / 1e6:g}M"
+                    series.append((name, *pc))
     plot_protection_vs_queries(series, png_protection, f"Protection vs queries, paired seeds ({scope})")
 
     lines = ["# Model extraction results", "",

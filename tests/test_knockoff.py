@@ -4,6 +4,7 @@
 import csv
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,11 +197,11 @@ def test_a_results_file_that_cannot_take_the_row_stops_the_run_before_it_overwri
     _knockoff().main(argv + ["--results", str(tmp_path / "r.csv")])
     with open(tmp_path / "r.csv") as f:
         clone = next(csv.DictReader(f))["attack_path"]
-    before = open(clone, "rb").read()
+    before = Path(clone).read_bytes()
     (tmp_path / "bad.csv").write_text("bogus,dataset\n1,synthetic\n")
     with pytest.raises(UserError, match="columns this version does not write"):
         _knockoff().main(argv + ["--results", str(tmp_path / "bad.csv"), "--seed", "0"])
-    assert open(clone, "rb").read() == before
+    assert Path(clone).read_bytes() == before
 
 
 @pytest.mark.parametrize("body,weights,msg", [

@@ -4,6 +4,7 @@ import csv
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -301,7 +302,7 @@ def test_a_write_that_fails_leaves_the_results_file_as_it_was_and_no_temporary_f
     temporary file is left, and the error is one line (UserError), not a traceback."""
     from misleader import results
     path = _write_csv(tmp_path / "results.csv", [_row(seed=0, attack_path="a.pt")])
-    before = open(path, "rb").read()
+    before = Path(path).read_bytes()
 
     def full_disk(self, rows):
         self.writerow(next(iter(rows)))
@@ -310,7 +311,7 @@ def test_a_write_that_fails_leaves_the_results_file_as_it_was_and_no_temporary_f
     for write in (results.record_row, results.append_row):
         with pytest.raises(UserError, match="cannot write .*No space left on device; the file is as it was"):
             write(path, _row(seed=1, attack_path="b.pt"))
-        assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["results.csv", "results.csv.lock"]
+        assert Path(path).read_bytes() == before and os.listdir(tmp_path) == ["results.csv", "results.csv.lock"]
 
 
 def test_writers_through_a_symbolic_link_and_through_its_target_share_one_lock(tmp_path):
