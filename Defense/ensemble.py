@@ -64,8 +64,7 @@ def main(argv):
     checkpoint.save(args.out, ensemble_payload(ens, args.dataset, info.num_classes, info.in_channels,
                                                report["ensemble"], vars(args), args.seed, sources))
     json_path = args.out[:-3] + ".json" if args.out.endswith(".pt") else args.out + ".json"
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=2)
+    checkpoint.write_atomic(json_path, lambda f: json.dump(report, f, indent=2), binary=False)
     if report["teacher"]:
         print(f"teacher  {args.teacher_model:<14} test_acc {report['teacher']['test_acc']:.4f}")
     for spec, r in report["members"].items():

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from misleader.cli import Parser
 from misleader.data import Augment, DataBundle, Split, dataset_info  # noqa: E402
 from misleader.defense import DefenseStep  # noqa: E402
 from misleader.dfme import DFME, DFMEConfig  # noqa: E402
@@ -150,7 +151,7 @@ def run_stage(a):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # errors: one line, exit 2
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--quick", action="store_true", help="smaller batches and fewer steps")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="which loops to time")
@@ -165,7 +166,9 @@ def main():
     for stage in a.stages:
         argv = [sys.executable, __file__, "--stage", stage, "--device", a.device, "--amp", a.amp,
                 "--channels_last", str(a.channels_last), "--fast_upsample", str(a.fast_upsample)]
-        subprocess.run(argv + (["--quick"] if a.quick else []), check=True)
+        rc = subprocess.run(argv + (["--quick"] if a.quick else []), check=False).returncode
+        if rc:
+            sys.exit(f"bench.py: stage {stage} failed (exit code {rc}); its error is above")
 
 
 if __name__ == "__main__":

@@ -14,13 +14,19 @@ FORMAT = 1
 
 
 def save(path, payload):
-    """Write payload to path atomically: a temp file in the same folder, fsync, then rename."""
+    """Write payload to path atomically (``write_atomic``)."""
+    write_atomic(path, lambda f: torch.save(payload, f))
+
+
+def write_atomic(path, write, binary=True):
+    """Write a file atomically: ``write(f)`` into a temp file in the same folder (binary, or text with
+    newline=""), fsync, then rename over ``path``; whatever stops it leaves the earlier file and no temp file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -195,7 +201,10 @@ def load_user_model(spec, weights=None):
     build = getattr(module, fn, None)
     if not callable(build):
         raise UserError(f"--victim {spec}: {file} defines no function {fn}")
-    model = build()
+    try:
+        model = build()
+    except Exception as e:
+        raise UserError(f"--victim {spec}: {fn}() failed ({type(e).__name__}: {e})") from e
     if not isinstance(model, nn.Module):
         raise UserError(f"--victim {spec}: {fn}() returned {type(model).__name__}, not a torch.nn.Module")
     if weights:

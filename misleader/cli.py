@@ -20,13 +20,22 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _val_size(text):
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (every stage chooses its epoch or records the clone on "
+                                         f"the validation split), got {n}")
+    return n
+
+
 def add_common(p, seed_default=0):
     """Flags every entry point shares."""
     p.add_argument("--dataset", default="fashionmnist",
                    help="dataset name: mnist, fashionmnist, cifar10, cifar100, svhn, synthetic, synthetic_rgb")
     p.add_argument("--data_root", default="data", help="folder with datasets in torchvision's on-disk layout")
-    p.add_argument("--val_size", type=int, default=None,
-                   help="images carved from the training set for validation (default 5000; 1000 for synthetic)")
+    p.add_argument("--val_size", type=_val_size, default=None,
+                   help="images carved from the training set for validation (default 5000; 1000 for synthetic; at "
+                        "least 1: every stage chooses or records on it)")
     p.add_argument("--seed", type=int, default=seed_default, help="seed for weights, data order and augmentation")
     p.add_argument("--split_seed", type=int, default=0,
                    help="seed of the train/validation split; keep it fixed across a comparison (teacher, members, "

@@ -14,7 +14,9 @@ DFME/dfme.py and compares it with the CSV. Nothing is trained.
 
 import csv
 import os
+import shutil
 import sys
+import tempfile
 
 from misleader.cli import Parser, main_wrapper
 from misleader import comparison
@@ -458,6 +460,21 @@ def write_report(csv_path, out_dir, config=None, grid_names=None, aware=(), vari
         curves.append((s["victim"], runs))
 
     os.makedirs(out_dir, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=".report-", dir=out_dir)  # all four files, then moved in: none is left
+    try:  # half-written, and an error on the way (say, two checkpoints of one victim) leaves the earlier report
+        _write_files(rows, summary, groups, curves, missing, csv_path, config, (grid_names, aware, variant_grid),
+                     stage, out_dir)
+        for name in ("report.md", *PLOT_FILES):
+            os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return [os.path.join(out_dir, name) for name in ("report.md", *PLOT_FILES)]
+
+
+def _write_files(rows, summary, groups, curves, missing, csv_path, config, search, out_dir, shown_dir):
+    """write_report's four files into ``out_dir`` (``shown_dir``: the folder they end up in)."""
+    grid_names, aware, variant_grid = search
+    bases = _bases(csv_path)
     datasets = list(dict.fromkeys(s["dataset"] for s in summary))
     scope = ", ".join(datasets) + (f", config {config}" if config is not None else "")
     md = os.path.join(out_dir, "report.md")
@@ -491,7 +508,7 @@ def write_report(csv_path, out_dir, config=None, grid_names=None, aware=(), vari
     plot_protection_vs_queries(series, png_protection, f"Protection vs queries, paired seeds ({scope})")
 
     lines = ["# Model extraction results", "",
-             f"Source: `{_note_path(csv_path, out_dir)}`, {len(rows)} attack run(s)"
+             f"Source: `{_note_path(csv_path, shown_dir)}`, {len(rows)} attack run(s)"
              + (f" with config `{config}`" if config is not None else "") + f"; dataset(s): {', '.join(datasets)}.", ""]
     if entries:
         lines += ["## Each victim against its strongest attacker", ""] + \
@@ -523,12 +540,11 @@ def write_report(csv_path, out_dir, config=None, grid_names=None, aware=(), vari
         lines.append("")
     with open(md, "w") as f:
         f.write("\n".join(lines))
-    return [md, png_curves, png_tradeoff, png_protection]
 
 
 # ----------------------------------------------------------------------------- verification
 
-def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5, recompute=None):
+def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5, recompute=None, rows=None):
     """Recompute victim_acc, clone_acc, fidelity and (where recorded) clone_val_acc of every row from its
     checkpoints, and read queries_used from the attack checkpoint.
 
@@ -539,7 +555,8 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
     Returns [(row index, field, csv value, recomputed value, ok), ...]; an accuracy is rounded to the CSV's
     4 decimals before the comparison |recomputed - csv| <= tolerance; the query count must be equal. The row
     index counts the data rows of the CSV (after the --config filter when one is given). A victim given as
-    FILE.py:FUNCTION is rebuilt from that file and the attack's --victim_weights.
+    FILE.py:FUNCTION is rebuilt from that file and the attack's --victim_weights. ``rows``: the CSV's rows as the
+    caller read them (so that its row numbers are these even while runs add rows); default: read here.
     """
     import torch
 
@@ -549,7 +566,8 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
     from misleader.evaluate import accuracy, clone_metrics, predict
     from misleader.runtime import amp_dtype, pick_device
 
-    rows = filter_config(load_results(csv_path, VERIFY_COLUMNS), config, csv_path)
+    if rows is None:
+        rows = filter_config(load_results(csv_path, VERIFY_COLUMNS), config, csv_path)
     bases = _bases(csv_path)
     located, absent = [], []
     for i, r in enumerate(rows):
@@ -713,8 +731,8 @@ def main(argv):
             print(best)
         return
     if args.verify:
-        results = verify(args.csv, args.data_root, args.device, args.config)
-        rows = filter_config(load_results(args.csv, VERIFY_COLUMNS), args.config, args.csv)
+        rows = filter_config(load_results(args.csv, VERIFY_COLUMNS), args.config, args.csv)  # read once
+        results = verify(args.csv, args.data_root, args.device, args.config, rows=rows)
         for line in format_verify(rows, results):
             print(line)
         bad = sorted({i for i, _, _, _, ok in results if not ok})

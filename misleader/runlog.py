@@ -13,6 +13,8 @@ import sys
 
 import torch
 
+from misleader.checkpoint import write_atomic
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -44,8 +46,8 @@ class RunLog:
         os.makedirs(self.dir, exist_ok=True)
         self.csv_path = os.path.join(self.dir, "metrics.csv")
         self.params = {"args": dict(args), "argv": sys.argv, "git_commit": git_commit(), "versions": versions()}
-        with open(os.path.join(self.dir, "params.json"), "w") as f:
-            json.dump(self.params, f, indent=2, sort_keys=True, default=str)
+        write_atomic(os.path.join(self.dir, "params.json"),
+                     lambda f: json.dump(self.params, f, indent=2, sort_keys=True, default=str), binary=False)
         self.fields = None
         if resume_step is not None and os.path.isfile(self.csv_path):
             self._truncate(resume_step)
@@ -64,11 +66,13 @@ class RunLog:
             rows = [r for r in csv.DictReader(f) if int(r["step"]) <= last_step]
         if rows:
             self.fields = list(rows[0])
-        with open(self.csv_path, "w", newline="") as f:
+
+        def write(f):
             if rows:
                 w = csv.DictWriter(f, fieldnames=self.fields)
                 w.writeheader()
                 w.writerows(rows)
+        write_atomic(self.csv_path, write, binary=False)  # a kill here keeps the curve as it was
 
     def scalars(self, step, metrics, prefix=""):
         for k, v in metrics.items():

@@ -187,6 +187,33 @@ def test_interrupted_save_keeps_the_old_file(tmp_path, monkeypatch):
     assert torch.equal(checkpoint.load(path)["v"], torch.arange(3))
 
 
+def test_a_run_logs_params_and_curve_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """params.json (every start) and metrics.csv (cut back on resume) are rewritten through a temp file: a run
+    killed while writing them keeps the earlier files, not empty or half ones."""
+    import json
+
+    from misleader import runlog
+    log = runlog.RunLog(str(tmp_path), "stage", "run", {"lr": 0.1})
+    for step in (1, 2, 3):
+        log.log(step, {"acc": 0.5}, console=False)
+    log.tb.close()
+    folder = tmp_path / "stage" / "run"
+    before = {n: (folder / n).read_bytes() for n in ("params.json", "metrics.csv")}
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(json, "dump", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runlog.RunLog(str(tmp_path), "stage", "run", {"lr": 0.2}, resume_step=2)
+    assert (folder / "params.json").read_bytes() == before["params.json"]
+    monkeypatch.undo()
+    monkeypatch.setattr(runlog.csv.DictWriter, "writerows", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runlog.RunLog(str(tmp_path), "stage", "run", {"lr": 0.2}, resume_step=2)
+    assert (folder / "metrics.csv").read_bytes() == before["metrics.csv"]
+    assert not [n for n in os.listdir(folder) if n.startswith(".tmp-")]
+
+
 def test_check_writable(tmp_path):
     target = tmp_path / "new" / "folder" / "out.pt"
     checkpoint.check_writable(str(target))

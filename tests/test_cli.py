@@ -119,6 +119,22 @@ def test_bad_model(call, tmp_path, script, flag):
     assert not os.path.exists(tmp_path / "x.pt")
 
 
+@pytest.mark.parametrize("script", ["Defense/train_teacher.py", "DFME/knockoff.py", "Defense/choose_tau.py"])
+def test_an_empty_validation_split_is_refused_before_any_work(call, tmp_path, script):
+    """--val_size 0 used to train or attack to the end and then fail on the empty split (every stage chooses its
+    epoch or records the clone on it)."""
+    line = _err_line(*call(script, "--dataset", "synthetic", "--val_size", "0")[::2])
+    assert "--val_size" in line and "at least 1" in line
+
+
+def test_a_bad_flag_of_the_pre_parser_or_the_benchmark_is_one_line(call):
+    line = _err_line(*call("DFME/dfme.py", "--MAZE", "x")[::2])
+    assert "--MAZE" in line and "--help" in line
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "bench.py"), "--bogus"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert "--bogus" in _one_error_line(proc)
+
+
 def test_choose_tau_refuses_a_negative_cost(call):
     line = _err_line(*call("Defense/choose_tau.py", "--dataset", "synthetic", "--cost", "1", "-1")[::2])
     assert "--cost" in line and "--help" in line

@@ -208,6 +208,7 @@ def test_a_results_file_that_cannot_take_the_row_stops_the_run_before_it_overwri
     ("return 3", None, "not a torch.nn.Module"),
     ("return Net()", "missing.pt", "not found"),
     ("return nn.Linear(4, 10)", None, "fails on a"),
+    ("raise ValueError('no such layer')", None, r"build\(\) failed \(ValueError: no such layer\)"),
 ])
 def test_bad_user_victims_are_one_line_errors(tmp_path, body, weights, msg):
     from misleader.data import dataset_info

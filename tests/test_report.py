@@ -105,6 +105,23 @@ def test_write_report_table_and_plots(results, tmp_path):
         assert len(data) > 1024 and data[:8] == PNG_MAGIC
 
 
+def test_a_report_that_fails_half_way_leaves_the_earlier_one_whole(results, tmp_path, monkeypatch):
+    """An error after the plots are drawn (say, in the headline) leaves the earlier report.md and plots as they
+    were, with no new plot beside an old table and no staging folder left."""
+    out = tmp_path / "out"
+    report.write_report(results, str(out))
+    before = {name: (out / name).read_bytes() for name in ("report.md", *report.PLOT_FILES)}
+
+    def broken(*a, **kw):
+        raise UserError("two checkpoints of one victim")
+    monkeypatch.setattr(report.comparison, "headline_table", broken)
+    monkeypatch.setattr(report, "plot_clone_vs_queries", lambda curves, path, title: Path(path).write_bytes(b"new"))
+    with pytest.raises(UserError, match="two checkpoints"):
+        report.write_report(results, str(out))
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert sorted(os.listdir(out)) == sorted(before)
+
+
 def test_config_filter(results, tmp_path):
     rows = report.load_results(results)
     rows[0]["config"] = "other"
@@ -225,6 +242,21 @@ def test_verify_checks_the_validation_accuracy_a_clone_recorded_even_when_its_ce
     res = report.verify(_write_csv(tmp_path / "r.csv", [dict(row, clone_val_acc=f"{val:.4f}"),
                                                         dict(row, clone_val_acc="")]), device="cpu")
     assert [(i, ok) for i, f, _, _, ok in res if f == "clone_val_acc"] == [(0, True), (1, False)]
+
+
+def test_verify_names_the_rows_it_checked_even_while_runs_add_rows(tmp_path, monkeypatch, capsys):
+    """The command line reads the CSV once: a row another run records between two reads would shift the row
+    numbers, and a MISMATCH line would name the wrong run."""
+    row, _ = _verify_case(tmp_path)
+    path = _write_csv(tmp_path / "r.csv", [row])
+    reads, real = [], report.load_results
+
+    def growing(*a, **kw):  # every read sees one more row recorded first by a concurrent run
+        reads.append(1)
+        return [dict(row, seed=str(100 + len(reads)))] * (len(reads) - 1) + real(*a, **kw)
+    monkeypatch.setattr(report, "load_results", growing)
+    report.main(["--csv", path, "--verify", "1"])
+    assert len(reads) == 1 and capsys.readouterr().out.splitlines()[0].startswith("row 0 synthetic teacher seed 3: OK")
 
 
 def test_verify_missing_checkpoint(tmp_path):
