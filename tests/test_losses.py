@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from misleader.data import Augment, load_dataset
@@ -94,3 +95,34 @@ def test_surrogate_step_lowers_its_loss():
     before = loss()
     step.surrogate_step(x)
     assert loss() < before
+
+
+def test_clone_metrics_are_accuracy_against_the_labels_and_fidelity_against_the_victim():
+    """By hand: a model that predicts [0, 1, 2, 2, 1]; labels [0, 1, 1, 2, 0] (3 of 5 right), the victim's top-1
+    [0, 2, 2, 2, 1] (4 of 5 agree). Swapping the two would pass for each other in every other test."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from misleader.evaluate import clone_metrics
+
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return F.one_hot(x[:, 0, 0, 0].long(), 3).float() * 5
+
+    x = torch.tensor([0.0, 1, 2, 2, 1]).view(5, 1, 1, 1)
+    acc, fid = clone_metrics(Fixed(), x, torch.tensor([0, 1, 1, 2, 0]), torch.tensor([0, 2, 2, 2, 1]))
+    assert (acc, fid) == (pytest.approx(0.6), pytest.approx(0.8))
+
+
+def test_the_cosine_schedule_never_takes_a_step_at_rate_zero():
+    from misleader.train import make_scheduler
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=1.0)
+    total, rates = 10, []
+    sched = make_scheduler("cosine", opt, total)
+    for _ in range(total):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[0] == 1.0 and all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 9 / 11))) and rates[-1] > 0

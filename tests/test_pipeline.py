@@ -53,6 +53,10 @@ def test_attack_rows_respect_budget(smoke):
         assert r["seed"] == "0" and 0.0 <= float(r["clone_acc"]) <= 1.0
         assert r["git_commit"] and os.path.isfile(root / r["attack_path"])
     assert [r["queries_used"] for r in rows[2:]] == ["2000", "2000"]  # Knockoff asks once per pool image
+    for r in rows[:2]:  # DFME runs whole iterations until the next would not fit: all but the last part of one
+        s = dict(kv.split("=", 1) for kv in r["settings"].split())
+        cost = int(s["batch_size"]) * (int(s["g_iter"]) * (int(s["grad_m"]) + 1) + int(s["d_iter"]))
+        assert int(r["queries_used"]) == 50000 // cost * cost
     assert "pool=synthetic" in rows[2]["settings"] and rows[0]["query_range"] == "tanh"
     assert "victim_acc" in logs["test.sh"].splitlines()[-5]  # the closing table
 
