@@ -100,8 +100,8 @@ def test_surrogate_step_lowers_its_loss():
 def test_clone_metrics_are_accuracy_against_the_labels_and_fidelity_against_the_victim():
     """By hand: a model that predicts [0, 1, 2, 2, 1]; labels [0, 1, 1, 2, 0] (3 of 5 right), the victim's top-1
     [0, 2, 2, 2, 1] (4 of 5 agree). Swapping the two would pass for each other in every other test."""
-    import torch.nn as nn
     import torch.nn.functional as F
+    from torch import nn
 
     from misleader.evaluate import clone_metrics
 
