@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from misleader.attack import one_hot_answers
-from misleader.data import dataset_info, load_dataset, make_synthetic
+from misleader.data import _to_split, dataset_info, load_dataset, make_synthetic
 
 # a procedural pool's images are drawn for the attacker with seeds of their own (POOL_SEED + the run's seed), never
 # the synthetic dataset's training (1234) or test (4321) images
@@ -26,8 +26,7 @@ def query_pool(pool, data, budget, seed, data_root, split_seed):
     if pool == data.info.name:
         return data.train.x, ""
     if pool.startswith("synthetic"):
-        x, _ = make_synthetic(budget, dataset_info(pool).in_channels, POOL_SEED + seed)
-        x = torch.from_numpy(x).float().div_(255).to(data.device)
+        x = _to_split(*make_synthetic(budget, dataset_info(pool).in_channels, POOL_SEED + seed), data.device).x
         return to_channels(x, channels), f" pool_images={budget}"
     return to_channels(load_dataset(pool, data_root, None, split_seed, data.device).train.x, channels), ""
 

@@ -443,7 +443,21 @@ def write_report(csv_path, out_dir, config=None, grid_names=None, aware=(), vari
     the data-free grid's settings (settings without runs yet are then reported as missing); ``aware``: the
     AWARE_SETTINGS entries (a defended victim's search settings without runs yet are reported likewise);
     ``variant_grid``: VARIANT_GRID (the same for a MISLEADER variant's search)."""
-    rows = filter_config(load_results(csv_path), config, csv_path)
+    rows = filter_config(load_results(csv_path), config, csv_path)  # a CSV that cannot be read creates nothing
+    os.makedirs(out_dir, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=".report-", dir=out_dir)  # all four files, then moved in: none is left
+    try:  # half-written, and an error on the way (say, two checkpoints of one victim) leaves the earlier report
+        _build_report(rows, csv_path, stage, out_dir, config, grid_names, aware, variant_grid)
+        for name in ("report.md", *PLOT_FILES):
+            os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return [os.path.join(out_dir, name) for name in ("report.md", *PLOT_FILES)]
+
+
+def _build_report(rows, csv_path, out_dir, shown_dir, config, grid_names, aware, variant_grid):
+    """write_report's four files from ``rows``, written into ``out_dir`` (``shown_dir``: the folder they end up
+    in)."""
     summary = summarize(rows)
     groups = _groups(rows)
     bases = _bases(csv_path)
@@ -459,22 +473,6 @@ def write_report(csv_path, out_dir, config=None, grid_names=None, aware=(), vari
                 runs.append(curve)
         curves.append((s["victim"], runs))
 
-    os.makedirs(out_dir, exist_ok=True)
-    stage = tempfile.mkdtemp(prefix=".report-", dir=out_dir)  # all four files, then moved in: none is left
-    try:  # half-written, and an error on the way (say, two checkpoints of one victim) leaves the earlier report
-        _write_files(rows, summary, groups, curves, missing, csv_path, config, (grid_names, aware, variant_grid),
-                     stage, out_dir)
-        for name in ("report.md", *PLOT_FILES):
-            os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return [os.path.join(out_dir, name) for name in ("report.md", *PLOT_FILES)]
-
-
-def _write_files(rows, summary, groups, curves, missing, csv_path, config, search, out_dir, shown_dir):
-    """write_report's four files into ``out_dir`` (``shown_dir``: the folder they end up in)."""
-    grid_names, aware, variant_grid = search
-    bases = _bases(csv_path)
     datasets = list(dict.fromkeys(s["dataset"] for s in summary))
     scope = ", ".join(datasets) + (f", config {config}" if config is not None else "")
     md = os.path.join(out_dir, "report.md")
