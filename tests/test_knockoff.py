@@ -137,10 +137,10 @@ def test_a_procedural_pool_spends_every_query_on_an_image_of_its_own(tmp_path, m
     results = str(tmp_path / "r.csv")
     for seed in (0, 0, 1):
         entry.main(["--dataset", "synthetic", "--victim", f"{file}:build", "--pool", "synthetic_rgb", "--query_budget",
-                    "0.006", "--epochs", "1", "--progress", "0", "--results", results, "--seed", str(seed),
+                    "0.0045", "--epochs", "1", "--progress", "0", "--results", results, "--seed", str(seed),
                     "--tag", f"t{len(asked)}", "--log_dir", str(tmp_path / "runs")])
     x = asked[0]
-    assert x.shape == (6000, 1, 32, 32) and torch.unique(x.flatten(1), dim=0).shape[0] == 6000  # 4,000 before
+    assert x.shape == (4500, 1, 32, 32) and torch.unique(x.flatten(1), dim=0).shape[0] == 4500  # 4,000 before
     assert torch.equal(asked[1], x) and not torch.equal(asked[2], x)  # paired by seed
     own = load_dataset("synthetic_rgb")  # the evaluator's images are not among them
     evaluator = torch.cat([own.train.x, own.val.x, own.test.x])
@@ -148,7 +148,7 @@ def test_a_procedural_pool_spends_every_query_on_an_image_of_its_own(tmp_path, m
     assert not (torch.cdist(x[:500].flatten(1), evaluator.flatten(1)).min(1).values < 1e-4).any()
     with open(results) as f:
         rows = list(csv.DictReader(f))
-    assert "pool=synthetic_rgb pool_images=6000 " in rows[0]["settings"] and rows[0]["queries_used"] == "6000"
+    assert "pool=synthetic_rgb pool_images=4500 " in rows[0]["settings"] and rows[0]["queries_used"] == "4500"
 
 
 def test_a_signal_while_asking_keeps_the_answers_and_the_resumed_run_asks_nothing_again(tmp_path, monkeypatch):
@@ -170,8 +170,8 @@ def test_a_signal_while_asking_keeps_the_answers_and_the_resumed_run_asks_nothin
         return real(self, x)
     monkeypatch.setattr(BlackBox, "__call__", counted)
     file = _user_model_file(tmp_path)
-    argv = ["--dataset", "synthetic", "--victim", f"{file}:build", "--pool", "synthetic", "--query_budget", "0.003",
-            "--query_batch", "1000", "--epochs", "1", "--progress", "0", "--results", str(tmp_path / "r.csv"),
+    argv = ["--dataset", "synthetic", "--victim", f"{file}:build", "--pool", "synthetic", "--query_budget", "0.002",
+            "--query_batch", "500", "--epochs", "1", "--progress", "0", "--results", str(tmp_path / "r.csv"),
             "--log_dir", str(tmp_path / "runs")]
     old = signal.getsignal(signal.SIGINT)
     try:
@@ -181,10 +181,10 @@ def test_a_signal_while_asking_keeps_the_answers_and_the_resumed_run_asks_nothin
     finally:
         signal.signal(signal.SIGINT, old)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    assert sum(asked) == 3000  # not 1000 lost + 3000 asked again
+    assert sum(asked) == 2000  # not 500 lost + 2000 asked again
     with open(tmp_path / "r.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 1 and rows[0]["queries_used"] == "3000"
+    assert len(rows) == 1 and rows[0]["queries_used"] == "2000"
 
 
 def test_a_results_file_that_cannot_take_the_row_stops_the_run_before_it_overwrites_anything(tmp_path, monkeypatch):
