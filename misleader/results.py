@@ -4,9 +4,9 @@ row, which keeps one row per seed for the report.
 
 Many runs may write to one CSV at once (a run list under ``xargs -P``, a SLURM array on a shared filesystem):
 every change holds an exclusive ``fcntl.flock`` on ``<csv>.lock`` beside the file (a symbolic link's target),
-so N writers of N runs give N rows and one header whatever the interleaving, and every change writes a
-complete new file that replaces the old one (fsync, then rename): a run killed mid-write leaves the earlier file. ``attack_path`` is relative to the
-repository root, where the runs start: two checkouts should not share one CSV.
+so N writers of N runs give N rows and one header whatever the interleaving, and every change writes a complete
+new file that replaces the old one (fsync, then rename): a run killed mid-write leaves the earlier file.
+``attack_path`` is relative to the repository root, where the runs start: two checkouts should not share one CSV.
 """
 
 import contextlib
@@ -41,7 +41,6 @@ def append_row(path, row):
     The header check, the column upgrade and the append happen under the CSV's lock."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with locked(path):
-        _upgrade(path)
         _write(path, _rows(path) + [_own(row)])
 
 
@@ -50,7 +49,6 @@ def record_row(path, row):
     (all under the CSV's lock). Returns the removed rows."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with locked(path):
-        _upgrade(path)
         rows, key = _rows(path), row.get("attack_path")
         old = [r for r in rows if key and r.get("attack_path") == key]
         _write(path, [r for r in rows if not (key and r.get("attack_path") == key)] + [_own(row)])
@@ -60,19 +58,24 @@ def record_row(path, row):
 def check(path):
     """Raise UserError now, before a run spends its budget, when the CSV ``path`` could not take the run's row at
     its end: columns this version does not write, or a damaged line (more fields than the header)."""
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+    if not os.path.isfile(path):
         return
     with locked(path):
-        with open(path, newline="") as f:
-            _check_header(path, next(csv.reader(f), []))
-        bad = [i + 2 for i, r in enumerate(read_rows(path)) if None in r]
+        bad = [i + 2 for i, r in enumerate(_rows(path)) if None in r]
         if bad:
             raise UserError(f"{path}: line {bad[0]} has more fields than the header; mend the file or give another "
                             "--results file")
 
 
 def _rows(path):
-    return read_rows(path) if os.path.isfile(path) and os.path.getsize(path) > 0 else []
+    """The file's rows under the current columns (those of a file written before a column existed get its earlier
+    value); the caller holds the lock."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return []
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    _check_header(path, header)
+    return [{**{c: earlier_value(c, r) for c in COLUMNS[len(header):]}, **r} for r in read_rows(path)]
 
 
 def _own(row):
@@ -96,27 +99,11 @@ def locked(path):
         os.close(fd)  # drops the lock
 
 
-def _upgrade(path):
-    """Give a non-empty file written before a column existed the current columns; the caller holds the lock."""
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), [])
-    if header != COLUMNS:
-        _add_columns(path, header)
-
-
 def _check_header(path, header):
     unknown = [c for c in header if c not in COLUMNS]
     if unknown or header != COLUMNS[:len(header)]:
         raise UserError(f"{path} has columns this version does not write ({', '.join(unknown) or 'another order'}); "
                         f"give another --results file")
-
-
-def _add_columns(path, header):
-    """Rewrite the file with the current columns; the caller holds the lock."""
-    _check_header(path, header)
-    _write(path, [{**{c: earlier_value(c, r) for c in COLUMNS[len(header):]}, **r} for r in read_rows(path)])
 
 
 def _write(path, rows):
