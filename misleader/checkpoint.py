@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import pickle
+import shutil
 import tempfile
 
 import torch
@@ -18,9 +19,10 @@ def save(path, payload):
     write_atomic(path, lambda f: torch.save(payload, f))
 
 
-def write_atomic(path, write, binary=True):
+def write_atomic(path, write, binary=True, keep_mode=False):
     """Write a file atomically: ``write(f)`` into a temp file in the same folder (binary, or text with
-    newline=""), fsync, then rename over ``path``; whatever stops it leaves the earlier file and no temp file."""
+    newline=""), fsync, then rename over ``path``; whatever stops it leaves the earlier file and no temp file.
+    ``keep_mode``: an existing file keeps its permissions (else the usual ones, as for a new file)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
@@ -29,9 +31,12 @@ def write_atomic(path, write, binary=True):
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint gets the usual permissions
+        if keep_mode and os.path.exists(path):
+            shutil.copymode(path, tmp)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint gets the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -13,8 +13,8 @@ import contextlib
 import csv
 import fcntl
 import os
-import shutil
 
+from misleader.checkpoint import write_atomic
 from misleader.errors import UserError
 
 COLUMNS = ["dataset", "victim", "victim_acc", "attack", "student_model", "query_budget", "queries_used", "clone_acc",
@@ -111,26 +111,16 @@ def _write(path, rows):
     the file's permissions, written out (fsync), then a rename; the caller holds the lock. Whatever stops the
     write (a full disk, a signal) leaves the earlier file and no temporary one. A row with more fields than the
     header (a damaged line) is an error, not dropped."""
-    real = os.path.realpath(path)
-    tmp = f"{real}.tmp{os.getpid()}"
+    def write(f):
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
     try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        if os.path.exists(real):
-            shutil.copymode(real, tmp)
-        os.replace(tmp, real)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, ValueError):  # DictWriter: a field not in the header (a long line's extras under None)
-            raise UserError(f"{path}: a row has more fields than its header; mend the file first ({e})") from e
-        if isinstance(e, OSError):
-            raise UserError(f"cannot write {path}: {e.strerror or e}; the file is as it was") from e
-        raise
+        write_atomic(os.path.realpath(path), write, binary=False, keep_mode=True)
+    except ValueError as e:  # DictWriter: a field not in the header (a long line's extras under None)
+        raise UserError(f"{path}: a row has more fields than its header; mend the file first ({e})") from e
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}; the file is as it was") from e
 
 
 def has_row(path, attack_path):
