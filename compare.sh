@@ -11,7 +11,8 @@
 #             validation split, never the test set): paired seeds COMPARE_SEEDS for teacher and MISLEADER,
 #             VARIANT_SEEDS for the other two; the API_DEFENSES and MISLEADER_VARIANTS searched at GRID_BUDGET
 #             (a variant: MISLEADER's strongest setting and VARIANT_GRID's)
-# Finished runs are skipped (RESUME=1), so compare.sh can be rerun after an interruption; it ends with report.sh.
+# Finished runs are skipped (RESUME=1), so compare.sh can be rerun after an interruption; it ends with report.sh on
+# $RESULTS (a --list of all phases or of final ends with that command as a comment).
 #   CONFIG=smoke bash compare.sh
 #   CONFIG=fashionmnist bash compare.sh --list [train|ensembles|grid|final]
 # --list prints the runs (all phases, or one) as self-contained command lines, one per line, and runs nothing:
@@ -286,5 +287,12 @@ if phase final; then
     fi
 fi
 
-[ "$LIST" = 1 ] || bash report.sh --config "$CONFIG" ${NAMES[0]:+--grid "${NAMES[@]}"} \
-    ${AWARE_SETTINGS[0]:+--aware "${AWARE_SETTINGS[@]}"} ${VARIANT_GRID[0]:+--variant_grid "${VARIANT_GRID[@]}"}
+# the report of the rows this comparison writes ($RESULTS); a CSV of one's own gets a report folder of its own, so
+# the committed results/<config>/report.md is never overwritten by another machine's runs
+REPORT=(bash report.sh --csv "$RESULTS" --config "$CONFIG")
+[ "$RESULTS" = results/results.csv ] || REPORT+=(--out "${RESULTS%.csv}/$CONFIG")
+[ ${#NAMES[@]} -gt 0 ] && REPORT+=(--grid "${NAMES[@]}")
+[ ${#AWARE_SETTINGS[@]} -gt 0 ] && REPORT+=(--aware "${AWARE_SETTINGS[@]}")
+[ ${#VARIANT_GRID[@]} -gt 0 ] && REPORT+=(--variant_grid "${VARIANT_GRID[@]}")
+if [ "$LIST" != 1 ]; then "${REPORT[@]}"
+elif phase final; then say "then the report: $(printf '%q ' "${REPORT[@]}" | sed 's/ $//')"; fi

@@ -66,8 +66,21 @@ ATTACK_TAGARG=()
 [ ${#KNOCKOFF_POOLS[@]} -eq 0 ] && KNOCKOFF_POOLS=("$DATASET")
 
 # The command line of each stage, once: train.sh, test.sh and compare.sh call these, so a new flag is one edit.
+last_flags() {  # command...: sets CMD to the command with each --flag (and its values) kept only where it last
+    # appears, so a config's or variant's flag replaces the default before it instead of following it on the line
+    local -A last=()
+    local i keep=1
+    local -a toks=("$@")
+    for i in "${!toks[@]}"; do [[ ${toks[i]} == --* ]] && last[${toks[i]}]=$i; done
+    CMD=()
+    for i in "${!toks[@]}"; do
+        [[ ${toks[i]} == --* ]] && { [ "${last[${toks[i]}]}" = "$i" ] && keep=1 || keep=0; }
+        [ "$keep" = 1 ] && CMD+=("${toks[i]}")
+    done
+}
 run() {  # run a stage's command, or with LIST=1 print it as one self-contained line (run from the repository root)
-    if [ "$LIST" = 1 ]; then printf '%q ' "$@" | sed 's/ $//'; echo; else "$@"; fi
+    last_flags "$@"
+    if [ "$LIST" = 1 ]; then printf '%q ' "${CMD[@]}" | sed 's/ $//'; echo; else "${CMD[@]}"; fi
 }
 say() {  # a heading: "== text" in a log, "# text" (a comment line) in a run list
     if [ "$LIST" = 1 ]; then echo "# $*"; else echo "== $*"; fi

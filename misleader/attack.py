@@ -52,8 +52,8 @@ def add_attack_flags(p, budget_help):
     p.add_argument("--config", default="", help="config name recorded in results.csv (set by the shell scripts)")
     p.add_argument("--results", default=paths.RESULTS_CSV,
                    help="CSV of the results rows (this run's row replaces an earlier row of the same run)")
-    add_run_flags(p, "suffix of the saved attack checkpoint name (DFME/cache/<dataset>-<victim>-<student>-seed<s>"
-                     "[-<attack>]-<tag>.pt)")
+    add_run_flags(p, "suffix of the saved attack checkpoint name (DFME/cache/<dataset>-<victim>[+<defense>][+label]"
+                     "[-<attack>[-<pool>]][-<setting>]-<student>-seed<s>-<tag>.pt)")
     return p
 
 
@@ -90,7 +90,9 @@ class AttackStage:
         # a defended run, a label-only API or another variant of the attack (e.g. Knockoff's pool): its own files
         name = self.label + (f"+{self.defense.slug}" if self.defense else "") + \
             ("+label" if args.victim_output == "label" else "")
-        name = name if attack in ("dfme", "maze") else f"{name}-{attack}"
+        # DFME runs keep the bare name; a MAZE-preset run without a --setting (compare.sh names its grid's "maze")
+        # says so, so it never takes the plain DFME run of the same victim and seed for its own
+        name = name if attack == "dfme" or (attack == "maze" and args.setting) else f"{name}-{attack}"
         name += "".join(f"-{v}" for v in (variant, args.setting) if v)
         self.out = paths.attack_path(args.dataset, name, args.student_model, args.seed, args.tag)
         self.run = RunState(self.out, state_kind, args.student_model, args, also_writes=[args.results])

@@ -387,3 +387,20 @@ def test_choose_tau_picks_thresholds_on_validation_and_its_spec_serves_within_th
             assert api_defense.served_utility(nxt, p, x, d.val.y)[0] < raw - cost / 100
     with pytest.raises(UserError, match="no such file"):
         mod.main(["--dataset", "synthetic", "--victim", "teacher", "--misinfo", "missing.pt"])
+
+
+def test_dfme_and_its_maze_preset_keep_their_own_clone_and_row_without_a_setting(world, monkeypatch):
+    """Without --setting, a MAZE-preset run of a victim and seed is not "already done" because the plain DFME run
+    of them finished (nor overwrites its clone without --resume): its checkpoint name says maze."""
+    monkeypatch.chdir(world)
+    results = str(world / "maze.csv")
+    flags = ["--dataset", "synthetic", "--victim", "teacher", "--query_budget", "0.0005", "--batch_size", "16",
+             "--grad_m", "1", "--epoch_itrs", "2", "--ngf", "8", "--nz", "8", "--progress", "0", "--results",
+             results, "--log_dir", "runs", "--resume", "1", "--tag", "mazepath"]
+    dfme = _script("DFME", "dfme.py")
+    dfme.main(flags)
+    dfme.main(flags + ["--MAZE", "1"])
+    rows = read_rows(results)
+    assert [r["attack"] for r in rows] == ["dfme", "maze"]
+    assert rows[0]["attack_path"] != rows[1]["attack_path"] and "-maze" in rows[1]["attack_path"]
+    assert all(os.path.isfile(world / r["attack_path"]) for r in rows)

@@ -604,3 +604,44 @@ def test_clones_of_two_checkpoints_of_one_victim_are_never_mixed(tmp_path, capsy
     rows[1]["victim_path"] = "Defense/cache/teacher/b.pt"
     with pytest.raises(comparison.UserError, match="lines 2 and 3 attack victim 'teacher' .* at two paths"):
         report.write_report(_write_csv(tmp_path / "r.csv", rows, COLUMNS), str(tmp_path / "out"), config="c")
+
+
+def test_a_listed_line_names_each_flag_once_with_the_value_that_takes_effect(tmp_path):
+    """A variant's or a config's flag replaces the default flag on the line instead of following it (argparse takes
+    the last, but a reader of `--lambda_ 0.5 ... --lambda_ 1` cannot tell which runs); values of a many-valued flag
+    stay together."""
+    import shlex
+    _copy_compare(tmp_path)
+    with open(tmp_path / "configs/dup.sh", "w") as f:
+        f.write('source configs/smoke.sh\nCONFIG=c\nMISLEADER_VARIANTS=("lam1 --lambda_ 1")\n')
+    proc = _compare_list(tmp_path, "dup", "train")
+    assert proc.returncode == 0, proc.stderr
+    lines = [shlex.split(ln) for ln in proc.stdout.splitlines() if ln.startswith("python ")]
+    variant = [t for t in lines if "v-lam1" in " ".join(t) or any(x.endswith("lam1") for x in t)]
+    assert variant, proc.stdout
+    for t in lines:
+        flags = [x for x in t if x.startswith("--")]
+        assert len(flags) == len(set(flags)), " ".join(t)
+    for t in variant:
+        assert t[t.index("--lambda_") + 1] == "1"
+    ens = _compare_list(tmp_path, "dup", "ensembles")
+    members = [shlex.split(ln) for ln in ens.stdout.splitlines() if "--members" in ln]
+    # the lambda = 0, homogeneous and variant ensembles: smoke's two members, three initialisations, two members
+    assert [len(t) - t.index("--members") - 1 for t in members] == [2, 3, 2]
+
+
+def test_the_report_reads_the_comparisons_own_csv_and_keeps_the_committed_report(tmp_path):
+    """compare.sh ends with report.sh on the CSV its runs wrote ($RESULTS), not the committed one; a CSV of one's own
+    gets its own report folder. --list (all phases or final) ends with that command as a comment."""
+    _copy_compare(tmp_path)
+    env = {**os.environ, "CONFIG": "smoke", "PYTHONPATH": REPO, "RESULTS": "results/mine.csv"}
+    for phase in ([], ["final"]):
+        proc = subprocess.run(["bash", "compare.sh", "--list", *phase], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[-1].startswith(
+            "# then the report: bash report.sh --csv results/mine.csv --config smoke --out results/mine/smoke")
+    own = _compare_list(tmp_path, "smoke", "final").stdout.splitlines()[-1]
+    assert own.startswith("# then the report: bash report.sh --csv results/results.csv --config smoke") \
+        and "--out" not in own
+    assert "report.sh" not in _compare_list(tmp_path, "smoke", "grid").stdout

@@ -50,3 +50,31 @@ def test_estimate_through_softmax_victim_and_student_matches_autograd():
     loss_fn(xg).sum().backward()  # row i of the estimate is d loss_i / d x_i
     assert cosine(est, xg.grad) > 0.9
     assert 0.8 < (est.norm() / xg.grad.norm()).item() < 1.25  # the scale too (d / eps), not only the direction
+
+
+def test_the_loss_differences_are_taken_without_tf32_and_the_settings_come_back():
+    """On CUDA cuDNN convolutions run in TF32 by default (10 mantissa bits), which would swallow most of an eps*u
+    step; the estimate's losses are evaluated with TF32 off, and the caller's settings are restored after it (also
+    when the loss raises). The flags exist and are read on CPU too, so this runs without a GPU."""
+    seen = []
+
+    def loss(points):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return points.flatten(1).sum(1)
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        zoo.forward_difference(loss, torch.zeros(2, 1, 4, 4), m=2, eps=1e-3)
+        assert seen == [(False, False)]
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+
+        def broken(points):
+            raise RuntimeError("victim down")
+        try:
+            zoo.forward_difference(broken, torch.zeros(2, 1, 4, 4), m=2, eps=1e-3)
+        except RuntimeError:
+            pass
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
