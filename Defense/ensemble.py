@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from misleader import checkpoint, paths  # noqa: E402
-from misleader.cli import Parser, add_common, main_wrapper  # noqa: E402
+from misleader.cli import Parser, add_common, main_wrapper, tag_type  # noqa: E402
 from misleader.data import dataset_info, load_dataset  # noqa: E402
 from misleader.ensemble import SoftVotingEnsemble, ensemble_payload  # noqa: E402
 from misleader.runtime import amp_dtype, pick_device  # noqa: E402
@@ -24,7 +24,7 @@ def parse(argv):
                    help="member names, each ARCH or ARCH:TAG, read from Defense/cache/defense/<dataset>-ARCH[-TAG].pt")
     p.add_argument("--teacher_model", default=None, help="teacher architecture, for the comparison line")
     p.add_argument("--teacher_tag", default=None, help="tag of the teacher checkpoint (default: --tag)")
-    p.add_argument("--tag", default=None, help="suffix of the ensemble name: Defense/ensemble/<dataset>-<tag>.pt")
+    p.add_argument("--tag", type=tag_type, default=None, help="suffix of the ensemble name: Defense/ensemble/<dataset>-<tag>.pt")
     p.add_argument("--out", default=None, help="output path (default Defense/ensemble/<dataset>[-tag].pt)")
     args = p.parse_args(argv)
     info = dataset_info(args.dataset)

@@ -1,6 +1,6 @@
 # Sourced by teacher.sh, train.sh and test.sh: loads configs/${CONFIG:-quick}.sh or stops with exit 2.
 CONFIG="${CONFIG:-quick}"
-if [ ! -f "configs/${CONFIG}.sh" ]; then
+if [[ $CONFIG == load || $CONFIG == */* || ! -f "configs/${CONFIG}.sh" ]]; then  # a name in configs/, not a path
     valid=$(ls configs/*.sh | xargs -n1 basename | sed 's/\.sh$//' | grep -v '^load$' | tr '\n' ' ')
     echo "error: unknown config '${CONFIG}'; valid configs: ${valid}" >&2
     exit 2

@@ -6,3 +6,4 @@ DATASET=mnist
 COMPARE_POOLS=(mnist synthetic)
 # the adaptive-misinformation thresholds were chosen on Fashion-MNIST: choose MNIST's with Defense/choose_tau.py
 API_DEFENSES=("${API_DEFENSES[@]/fashionmnist-lenet5.pt/mnist-lenet5.pt}")
+FINAL_DEFENSES=("${FINAL_DEFENSES[@]/fashionmnist-lenet5.pt/mnist-lenet5.pt}")

@@ -1,6 +1,7 @@
 """Shared argparse pieces and the wrapper that turns user errors into one line and exit code 2."""
 
 import argparse
+import math
 import sys
 
 from misleader.data import dataset_info
@@ -18,6 +19,24 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         sys.exit(2)
+
+    def parse_known_args(self, args=None, namespace=None):
+        """Every number must be finite: argparse's float() takes "nan" and "inf", which pass every range check
+        (a comparison with nan is false) and end a run with a traceback or train on nonsense."""
+        ns, rest = super().parse_known_args(args, namespace)
+        for key, value in vars(ns).items():
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(v, float) and not math.isfinite(v):
+                    self.error(f"argument --{key}: {v} is not a finite number")
+        return ns, rest
+
+
+def tag_type(text):
+    """argparse type of a --tag: it becomes part of file names, so no '/' (or anything but letters, digits, .-_)."""
+    if text and not all(c.isalnum() or c in "._-" for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r}: a tag is part of file names: use letters, digits, '.', '_' and "
+                                         "'-' only")
+    return text
 
 
 def _val_size(text):
@@ -54,7 +73,7 @@ def add_common(p, seed_default=0):
 def add_run_flags(p, tag_help, out_help=None):
     """Flags of every training entry point: memory format, output naming, resume."""
     p.add_argument("--channels_last", type=int, default=1, choices=[0, 1], help="1 uses channels_last memory format")
-    p.add_argument("--tag", default=None, help=tag_help)
+    p.add_argument("--tag", type=tag_type, default=None, help=tag_help)
     if out_help:
         p.add_argument("--out", default=None, help=out_help)
     p.add_argument("--resume", type=int, default=0, choices=[0, 1],

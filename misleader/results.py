@@ -58,6 +58,8 @@ def record_row(path, row):
 def check(path):
     """Raise UserError now, before a run spends its budget, when the CSV ``path`` could not take the run's row at
     its end: columns this version does not write, or a damaged line (more fields than the header)."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UserError(f"--results {path} is not a file (a folder?): give the CSV's path, e.g. {path}/results.csv")
     if not os.path.isfile(path):
         return
     with locked(path):
@@ -153,6 +155,9 @@ if __name__ == "__main__":
                    help="only the rows whose clone checkpoint (attack_path, relative to the current folder) was "
                         "written after FILE was (put FILE on the checkpoints' filesystem)")
     a = p.parse_args()
+    for path in [a.csv] + ([a.since] if a.since else []):
+        if not os.path.isfile(path):
+            p.exit(2, f"error: {path} is not a file\n")
     rows = read_rows(a.csv)[a.skip:]
     if a.since:
         t0 = os.path.getmtime(a.since)

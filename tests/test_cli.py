@@ -227,3 +227,53 @@ def test_every_config_sources_cleanly(name):
     assert out.returncode == 0, out.stderr
     dataset, students = out.stdout.split()
     assert dataset and int(students) >= 1
+    # and compare.sh accepts it (its checks of the config's lists run before any phase)
+    listed = subprocess.run(["bash", "compare.sh", "--list", "train"], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "CONFIG": name}, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+
+
+@pytest.mark.parametrize("name", ["load", "../configs/smoke", "/tmp/x"])
+def test_a_config_name_is_a_config_in_configs_not_load_or_a_path(name):
+    """CONFIG=load sourced load.sh into itself without end; a path sourced a script from outside configs/."""
+    out = subprocess.run(["bash", "compare.sh", "--list", "train"], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "CONFIG": name}, timeout=30)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.startswith(f"error: unknown config '{name}'")
+    assert len(out.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("script,argv", [
+    ("DFME/dfme.py", ["--query_budget", "nan"]),
+    ("DFME/disguide.py", ["--query_budget", "inf"]),
+    ("DFME/knockoff.py", ["--query_budget", "nan"]),
+    ("Defense/train_defense.py", ["--lambda_", "nan"]),
+    ("DFME/dfme.py", ["--query_budget", "0.01", "--steps", "0.5", "nan"]),
+])
+def test_a_number_that_is_not_finite_is_refused_before_any_work(call, tmp_path, script, argv):
+    """float("nan") passes every range check (comparisons with nan are false): a nan budget ended in a traceback."""
+    code, out, err = call(script, "--dataset", "synthetic", *argv)
+    line = _err_line(code, err)
+    flag = [a for a in argv if a.startswith("--")][-1]  # the flag whose value is not finite
+    assert f"argument {flag}: " in line and "is not a finite number" in line
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("script", ["DFME/dfme.py", "Defense/train_teacher.py", "Defense/ensemble.py"])
+def test_a_tag_is_a_file_name_part_not_a_path(call, tmp_path, script):
+    """--tag ../../x raised FileNotFoundError from the lock; --tag a/b made folders under the cache."""
+    extra = ["--members", "lenet5"] if "ensemble" in script else []
+    line = _err_line(*call(script, "--dataset", "synthetic", "--tag", "a/b", *extra)[::2])
+    assert "--tag" in line and "'a/b'" in line
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_results_folder_is_refused_before_the_budget_is_spent(call, tmp_path):
+    os.makedirs(tmp_path / "res")
+    line = _err_line(*call("DFME/knockoff.py", "--dataset", "synthetic", "--results", "res")[::2])
+    assert "--results res is not a file" in line
+
+
+def test_the_results_table_of_a_missing_file_is_one_line():
+    proc = subprocess.run([sys.executable, "-m", "misleader.results", "nope.csv"], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert "nope.csv is not a file" in _one_error_line(proc)
