@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from misleader import api_defense, checkpoint, paths
 from misleader.cli import add_common, add_run_flags
 from misleader.data import dataset_info, load_dataset
+from misleader.errors import UserError
 from misleader.loop import RunState
 from misleader.results import check as check_results, has_row, record_row
 from misleader.runlog import git_commit
@@ -114,8 +115,14 @@ class AttackStage:
         self.victim = BlackBox(self.victim_model, budget, output=args.victim_output, defense=self.defense)
 
     def already_recorded(self):
-        """--resume 1 on a run that finished (output saved, row written, no state left): say so."""
-        return self.run.already_done(lambda: has_row(self.args.results, self.out), "repeat")
+        """--resume 1 on a run that finished (output saved, row written, no state left): say so. A finished clone
+        whose row is not in this --results file (another CSV holds it) is not run again over it: UserError."""
+        a = self.args
+        if a.resume and os.path.isfile(self.out) and not os.path.isfile(self.run.file) and \
+                not has_row(a.results, self.out):
+            raise UserError(f"{self.out} is a finished run whose row is not in {a.results}: give --results the CSV "
+                            "that holds it, or delete the clone (or pass --resume 0) to run it again")
+        return self.run.already_done(lambda: has_row(a.results, self.out), "repeat")
 
     def evaluate(self, student):
         """(test accuracy, fidelity to the victim on the test set, validation accuracy) of the clone."""

@@ -404,3 +404,21 @@ def test_dfme_and_its_maze_preset_keep_their_own_clone_and_row_without_a_setting
     assert [r["attack"] for r in rows] == ["dfme", "maze"]
     assert rows[0]["attack_path"] != rows[1]["attack_path"] and "-maze" in rows[1]["attack_path"]
     assert all(os.path.isfile(world / r["attack_path"]) for r in rows)
+
+
+def test_a_finished_clone_is_never_run_again_over_for_a_results_file_without_its_row(world, monkeypatch):
+    """--resume 1 with another --results file (RESULTS=mine.csv on a config with committed clones) used to start
+    the finished attack from scratch and overwrite its clone; now it stops, one error, before anything is written."""
+    monkeypatch.chdir(world)
+    flags = ["--dataset", "synthetic", "--victim", "teacher", "--pool", "synthetic", "--query_budget", "0.0003",
+             "--epochs", "1", "--progress", "0", "--log_dir", "runs", "--resume", "1", "--tag", "otherfile"]
+    knockoff = _script("DFME", "knockoff.py")
+    knockoff.main(flags + ["--results", str(world / "first.csv")])
+    clone = read_rows(str(world / "first.csv"))[0]["attack_path"]
+    before = os.stat(world / clone).st_mtime_ns, open(world / clone, "rb").read()
+    with pytest.raises(UserError, match="is a finished run whose row is not in .*second.csv"):
+        knockoff.main(flags + ["--results", str(world / "second.csv")])
+    assert (os.stat(world / clone).st_mtime_ns, open(world / clone, "rb").read()) == before
+    assert not os.path.exists(world / "second.csv")
+    knockoff.main(flags + ["--results", str(world / "first.csv")])  # its own file: already done, as before
+    assert len(read_rows(str(world / "first.csv"))) == 1
