@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from misleader import checkpoint, paths  # noqa: E402
 from misleader.cli import Parser, add_common, main_wrapper, tag_type  # noqa: E402
 from misleader.data import dataset_info, load_dataset  # noqa: E402
-from misleader.ensemble import SoftVotingEnsemble, ensemble_payload  # noqa: E402
+from misleader.ensemble import SoftVotingEnsemble, built_from, ensemble_payload  # noqa: E402
 from misleader.runtime import amp_dtype, pick_device  # noqa: E402
 from misleader.evaluate import accuracy  # noqa: E402
 
@@ -24,8 +24,11 @@ def parse(argv):
                    help="member names, each ARCH or ARCH:TAG, read from Defense/cache/defense/<dataset>-ARCH[-TAG].pt")
     p.add_argument("--teacher_model", default=None, help="teacher architecture, for the comparison line")
     p.add_argument("--teacher_tag", default=None, help="tag of the teacher checkpoint (default: --tag)")
-    p.add_argument("--tag", type=tag_type, default=None, help="suffix of the ensemble name: Defense/ensemble/<dataset>-<tag>.pt")
+    p.add_argument("--tag", type=tag_type, default=None,
+                   help="suffix of the ensemble name: Defense/ensemble/<dataset>-<tag>.pt")
     p.add_argument("--out", default=None, help="output path (default Defense/ensemble/<dataset>[-tag].pt)")
+    p.add_argument("--resume", type=int, default=0, choices=[0, 1],
+                   help="1 keeps an ensemble (and its JSON) that already holds these members' current weights")
     args = p.parse_args(argv)
     info = dataset_info(args.dataset)
     args.teacher_model = args.teacher_model or info.teacher_arch
@@ -49,6 +52,11 @@ def main(argv):
         archs.append(arch)
         sources.append(path)
     checkpoint.check_writable(args.out)
+    json_path = args.out[:-3] + ".json" if args.out.endswith(".pt") else args.out + ".json"
+    if args.resume and os.path.isfile(args.out) and os.path.isfile(json_path) and \
+            built_from(checkpoint.load(args.out), members, archs, sources):
+        print(f"already done: {args.out} holds these members' weights (--resume 1 does not rebuild it)")
+        return
     data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, device)
     ens = SoftVotingEnsemble(members, archs)
     report = {"dataset": args.dataset, "members": {}, "teacher": None}
@@ -63,7 +71,6 @@ def main(argv):
                           "val_acc": accuracy(ens, data.val, data.normalize, amp)}
     checkpoint.save(args.out, ensemble_payload(ens, args.dataset, info.num_classes, info.in_channels,
                                                report["ensemble"], vars(args), args.seed, sources))
-    json_path = args.out[:-3] + ".json" if args.out.endswith(".pt") else args.out + ".json"
     checkpoint.write_atomic(json_path, lambda f: json.dump(report, f, indent=2), binary=False)
     if report["teacher"]:
         print(f"teacher  {args.teacher_model:<14} test_acc {report['teacher']['test_acc']:.4f}")

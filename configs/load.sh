@@ -102,7 +102,7 @@ train_misinfo() {  # arch tag seed [extra flags...]
 build_ensemble() {  # tag member... (each ARCH:TAG)
     local tag="$1"
     shift
-    run python Defense/ensemble.py "${COMMON[@]}" ${tag:+--tag "$tag"} --teacher_tag "$TAG" \
+    run python Defense/ensemble.py "${COMMON[@]}" ${tag:+--tag "$tag"} --teacher_tag "$TAG" --resume "$RESUME" \
         --teacher_model "$TEACHER_MODEL" --members "$@"
 }
 run_attack() {  # entry-point label seed budget flags...: what every attack call shares

@@ -30,6 +30,18 @@ def ensemble_payload(ens, dataset, num_classes, in_channels, metrics=None, args=
                               seed=seed)
 
 
+def built_from(ckpt, members, archs, sources):
+    """True when the ensemble checkpoint ``ckpt`` holds exactly these member models (same files, architectures
+    and weights, bit for bit): a rebuild would hold the same members, so --resume 1 keeps the file as it is."""
+    if list(ckpt.get("sources") or []) != list(sources) or list(ckpt.get("arch") or []) != list(archs):
+        return False
+    for saved, model in zip(ckpt["state_dict"], members):
+        now = checkpoint.cpu_state(model)
+        if saved.keys() != now.keys() or not all(torch.equal(saved[k], now[k]) for k in now):
+            return False
+    return True
+
+
 def load_ensemble(ckpt):
     members = []
     for arch, sd in zip(ckpt["arch"], ckpt["state_dict"]):

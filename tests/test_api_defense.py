@@ -422,3 +422,32 @@ def test_a_finished_clone_is_never_run_again_over_for_a_results_file_without_its
     assert not os.path.exists(world / "second.csv")
     knockoff.main(flags + ["--results", str(world / "first.csv")])  # its own file: already done, as before
     assert len(read_rows(str(world / "first.csv"))) == 1
+
+
+def test_an_ensemble_of_unchanged_members_is_kept_with_resume_and_rebuilt_when_a_member_changed(world, monkeypatch,
+                                                                                                capsys):
+    """train.sh and compare.sh rebuilt every ensemble on every run, rewriting the committed fashionmnist_v2
+    ensembles (and their JSON) with this machine's numbers; --resume 1 keeps one whose members are unchanged."""
+    monkeypatch.chdir(world)
+    for i, arch in enumerate(("lenet5", "lenet5half")):
+        torch.manual_seed(10 + i)
+        checkpoint.save(paths.member_path("synthetic", arch, "ensres"),
+                        checkpoint.classifier_payload(create_model(arch, 10, 1), arch, "synthetic", 10, 1))
+    ensemble = _script("Defense", "ensemble.py")
+    argv = ["--dataset", "synthetic", "--tag", "ensres", "--members", "lenet5:ensres", "lenet5half:ensres",
+            "--resume", "1"]
+    out = paths.ensemble_path("synthetic", "ensres")
+    ensemble.main(argv)
+    first = open(out, "rb").read(), open(out[:-3] + ".json").read(), os.stat(out).st_mtime_ns
+    capsys.readouterr()
+    ensemble.main(argv)
+    assert "already done" in capsys.readouterr().out
+    assert (open(out, "rb").read(), open(out[:-3] + ".json").read(), os.stat(out).st_mtime_ns) == first
+    torch.manual_seed(99)  # a member retrained: the ensemble is built again from it
+    checkpoint.save(paths.member_path("synthetic", "lenet5half", "ensres"),
+                    checkpoint.classifier_payload(create_model("lenet5half", 10, 1), "lenet5half", "synthetic", 10, 1))
+    ensemble.main(argv)
+    assert "already done" not in capsys.readouterr().out
+    new = checkpoint.load(out)["state_dict"][1]
+    assert all(torch.equal(new[k], v) for k, v in
+               checkpoint.load(paths.member_path("synthetic", "lenet5half", "ensres"))["state_dict"].items())
