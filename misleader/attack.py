@@ -71,6 +71,18 @@ def finish_parse(args):
     return args
 
 
+def attack_out(args, label, defense, attack, variant=""):
+    """The clone's path: DFME/cache/<dataset>-<name>-<student>-seed<s>[-tag].pt, where the name says the victim
+    (``label``), a defended run or a label-only API, the attack and its variant (e.g. Knockoff's pool) and the
+    --setting, so that none of them overwrites another's files."""
+    name = label + (f"+{defense.slug}" if defense else "") + ("+label" if args.victim_output == "label" else "")
+    # DFME runs keep the bare name; a MAZE-preset run without a --setting (compare.sh names its grid's "maze") says
+    # so, so it never takes the plain DFME run of the same victim and seed for its own
+    name = name if attack == "dfme" or (attack == "maze" and args.setting) else f"{name}-{attack}"
+    name += "".join(f"-{v}" for v in (variant, args.setting) if v)
+    return paths.attack_path(args.dataset, name, args.student_model, args.seed, args.tag)
+
+
 class AttackStage:
     """The evaluator's side of one attack run: victim, data, counted API, output paths, final report.
 
@@ -88,14 +100,7 @@ class AttackStage:
         self.label = args.label or victim_label
         self.commit = git_commit()  # the code that runs, read now: a checkout that moves on mid-run does not change it
         self.defense = api_defense.build(args.api_defense, info)
-        # a defended run, a label-only API or another variant of the attack (e.g. Knockoff's pool): its own files
-        name = self.label + (f"+{self.defense.slug}" if self.defense else "") + \
-            ("+label" if args.victim_output == "label" else "")
-        # DFME runs keep the bare name; a MAZE-preset run without a --setting (compare.sh names its grid's "maze")
-        # says so, so it never takes the plain DFME run of the same victim and seed for its own
-        name = name if attack == "dfme" or (attack == "maze" and args.setting) else f"{name}-{attack}"
-        name += "".join(f"-{v}" for v in (variant, args.setting) if v)
-        self.out = paths.attack_path(args.dataset, name, args.student_model, args.seed, args.tag)
+        self.out = attack_out(args, self.label, self.defense, attack, variant)
         self.run = RunState(self.out, state_kind, args.student_model, args, also_writes=[args.results])
         self.run_name = args.run_name or os.path.basename(self.out)[:-3]
         self.data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, self.device)

@@ -150,6 +150,19 @@ def check_flags(state, path, args):
                             f"file to start over")
 
 
+def check_done_flags(ck, path, args):
+    """--resume 1 on a finished output: raise a UserError naming the first defining flag whose value differs from
+    the one the run that made ``path`` had (its checkpoint's ``args``), so a changed setting (a config's epochs, a
+    grid entry's flags under the same name) is never answered with an output made under the old one. Flags the
+    checkpoint does not record (added since) are not compared."""
+    saved = {k: list(v) if isinstance(v, tuple) else v for k, v in (ck.get("args") or {}).items()}
+    for key, now in run_flags(args).items():
+        if key in saved and saved[key] != now:
+            raise UserError(f"{path} was made by a run with --{key} {_flag_text(saved[key])}, this run has --{key} "
+                            f"{_flag_text(now)}; --resume 1 does not take it for this run: delete it to run again "
+                            "with these flags, or give the flags it was made with")
+
+
 def _flag_text(value):
     if value is None:
         return "(default)"

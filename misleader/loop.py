@@ -58,10 +58,11 @@ class RunState:
 
     def already_done(self, recorded=None, what="retrain"):
         """--resume 1 on a run whose output exists with no state file left (and ``recorded()``, if given): say
-        so; the caller returns."""
+        so; the caller returns. An output made with other defining flags is a UserError, never taken as done."""
         done = bool(self.args.resume) and os.path.isfile(self.out) and not os.path.isfile(self.file) and \
             (recorded is None or recorded())
         if done:
+            checkpoint.check_done_flags(checkpoint.load(self.out), self.out, self.args)
             print(f"already done: {self.out} exists (--resume 1 does not {what} it)")
         return done
 

@@ -451,3 +451,21 @@ def test_an_ensemble_of_unchanged_members_is_kept_with_resume_and_rebuilt_when_a
     new = checkpoint.load(out)["state_dict"][1]
     assert all(torch.equal(new[k], v) for k, v in
                checkpoint.load(paths.member_path("synthetic", "lenet5half", "ensres"))["state_dict"].items())
+
+
+def test_a_finished_output_made_with_other_flags_is_not_taken_as_done(world, monkeypatch, capsys):
+    """--resume 1 skipped a finished run without looking at its flags: a config's epochs changed, or a grid entry's
+    flags changed under the same name, and the old output was taken for the new run. Now: one error naming the
+    flag, the output untouched; the same flags still say "already done"."""
+    monkeypatch.chdir(world)
+    train = _script("Defense", "train_misinformation.py")
+    argv = ["--dataset", "synthetic", "--model", "lenet5fifth", "--progress", "0", "--log_dir", str(world / "runs"),
+            "--resume", "1"]
+    path = world / paths.misinfo_path("synthetic", "lenet5fifth")
+    before = open(path, "rb").read()
+    with pytest.raises(UserError, match="made by a run with --epochs 1, this run has --epochs 2"):
+        train.main(argv + ["--epochs", "2"])
+    assert open(path, "rb").read() == before
+    capsys.readouterr()
+    train.main(argv + ["--epochs", "1"])
+    assert "already done" in capsys.readouterr().out and open(path, "rb").read() == before
