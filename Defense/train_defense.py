@@ -18,7 +18,7 @@ from misleader.data import Augment, dataset_info, load_dataset, num_batches  # n
 from misleader.loop import EpochLoop, RunState  # noqa: E402
 from misleader.defense import DefenseStep  # noqa: E402
 from misleader.models import create_model  # noqa: E402
-from misleader.runlog import RunLog  # noqa: E402
+from misleader.runlog import RunLog, stage_run_name  # noqa: E402
 from misleader.runtime import setup  # noqa: E402
 from misleader.evaluate import accuracy  # noqa: E402
 from misleader.train import check_finite, make_optimizer, make_scheduler  # noqa: E402
@@ -84,8 +84,7 @@ def main(argv):
                      {"member": member, "surrogate": surrogate, "opt_m": opt_m, "opt_s": opt_s, "sch_m": sch_m,
                       "sch_s": sch_s}, aug.g, torch.Generator().manual_seed(args.seed))
     resumed = loop.resume()
-    run_name = args.run_name or f"{args.dataset}-{args.defense_model}{'-' + args.tag if args.tag else ''}-seed{args.seed}"
-    log = RunLog(args.log_dir, "defense", run_name, vars(args), resume_step=loop.epoch if resumed else None)
+    log = RunLog(args.log_dir, "defense", stage_run_name(args), vars(args), resume_step=loop.epoch if resumed else None)
     print(f"member {args.defense_model} (surrogate {args.attacker_model}, teacher {args.teacher_model}) on "
           f"{args.dataset}: lambda {args.lambda_} T {args.T} alpha {args.alpha} a_iter {args.a_iter}, "
           f"device {device}, amp {amp or 'off'}, seed {args.seed}")

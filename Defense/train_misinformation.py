@@ -18,7 +18,7 @@ from misleader.cli import Parser, add_common, main_wrapper, parse_model_stage  #
 from misleader.data import Augment  # noqa: E402
 from misleader.evaluate import predict  # noqa: E402
 from misleader.loop import EpochLoop, train_model  # noqa: E402
-from misleader.runlog import RunLog  # noqa: E402
+from misleader.runlog import RunLog, stage_run_name  # noqa: E402
 from misleader.runtime import autocast  # noqa: E402
 from misleader.train import make_optimizer  # noqa: E402
 
@@ -57,8 +57,7 @@ def train(args, run, info, device, amp, fmt, model, data):
     loop = EpochLoop(run, model, {"model": model, "optimizer": optimizer}, aug.g,
                      torch.Generator().manual_seed(args.seed))
     resumed = loop.resume()
-    run_name = args.run_name or os.path.basename(args.out)[:-3] + f"-seed{args.seed}"
-    log = RunLog(args.log_dir, "misinfo", run_name, vars(args), resume_step=loop.epoch if resumed else None)
+    log = RunLog(args.log_dir, "misinfo", stage_run_name(args), vars(args), resume_step=loop.epoch if resumed else None)
     print(f"misinformation model {args.model} on {args.dataset}: {len(data.train)} train images, device {device}, "
           f"seed {args.seed}")
 

@@ -38,6 +38,12 @@ def versions():
             "platform": platform.platform(), "cuda": torch.version.cuda if torch.cuda.is_available() else None}
 
 
+def stage_run_name(args):
+    """A training stage's log folder name: --run_name, else its output's file name and seed, so two runs with two
+    outputs never share (and clear) one folder."""
+    return args.run_name or os.path.splitext(os.path.basename(args.out))[0] + f"-seed{args.seed}"
+
+
 class RunLog:
     """One run's logs. ``log(step, metrics)`` writes a CSV row, TensorBoard scalars and a console line."""
 

@@ -469,3 +469,19 @@ def test_a_finished_output_made_with_other_flags_is_not_taken_as_done(world, mon
     capsys.readouterr()
     train.main(argv + ["--epochs", "1"])
     assert "already done" in capsys.readouterr().out and open(path, "rb").read() == before
+
+
+def test_two_trainings_with_two_outputs_keep_two_log_folders(world, monkeypatch):
+    """The teacher's and a member's log folder came from dataset, model, tag and seed, not from --out: a second run
+    with another --out cleared the first's metrics.csv and events. The default folder name is as before."""
+    monkeypatch.chdir(world)
+    teacher = _script("Defense", "train_teacher.py")
+    for out in ("ta.pt", "tb.pt"):
+        teacher.main(["--dataset", "synthetic", "--epochs", "1", "--progress", "0", "--log_dir", "twologs",
+                      "--out", str(world / out)])
+    assert sorted(os.listdir(world / "twologs" / "teacher")) == ["ta-seed0", "tb-seed0"]
+    for name in ("ta-seed0", "tb-seed0"):
+        assert len(read_rows(str(world / "twologs" / "teacher" / name / "metrics.csv"))) == 1
+    from misleader.runlog import stage_run_name
+    args = _script("Defense", "train_defense.py").parse(["--dataset", "synthetic", "--tag", "v2"])
+    assert stage_run_name(args) == "synthetic-lenet5-v2-seed0"  # the name the committed runs' folders have
