@@ -16,24 +16,12 @@ import torch  # noqa: E402
 from misleader import checkpoint, paths  # noqa: E402
 from misleader.cli import Parser, add_common, main_wrapper, parse_model_stage  # noqa: E402
 from misleader.data import Augment  # noqa: E402
-from misleader.evaluate import predict  # noqa: E402
+from misleader.evaluate import true_class_prob  # noqa: E402
 from misleader.loop import EpochLoop, train_model  # noqa: E402
+from misleader.losses import misinformation_loss  # noqa: E402
 from misleader.runlog import RunLog, stage_run_name  # noqa: E402
 from misleader.runtime import autocast  # noqa: E402
 from misleader.train import make_optimizer  # noqa: E402
-
-
-def misinformation_loss(logits, y):
-    """Batch mean of -log(1 - softmax(logits)_y), without forming 1 - p (no cancellation, no clamp needed)."""
-    z = logits.float()
-    others = z.scatter(1, y[:, None], float("-inf"))
-    return (torch.logsumexp(z, 1) - torch.logsumexp(others, 1)).mean()
-
-
-def true_class_prob(model, split, normalize, amp):
-    """(mean probability g gives the true class, top-1 accuracy of g) on a split."""
-    p = predict(model, split.x, normalize, amp=amp)
-    return p.gather(1, split.y[:, None]).mean().item(), (p.argmax(1) == split.y).float().mean().item()
 
 
 def parse(argv):

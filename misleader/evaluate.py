@@ -34,3 +34,9 @@ def clone_metrics(student, test_x, test_y, victim_pred, amp=None):
     answers on it (computed once per victim)."""
     pred = predict(student, test_x, amp=amp).argmax(1)
     return (pred == test_y).float().mean().item(), (pred == victim_pred).float().mean().item()
+
+
+def true_class_prob(model, split, normalize, amp):
+    """(mean probability ``model`` gives the true class, its top-1 accuracy) on a split."""
+    p = predict(model, split.x, normalize, amp=amp)
+    return p.gather(1, split.y[:, None]).mean().item(), (p.argmax(1) == split.y).float().mean().item()

@@ -1,4 +1,5 @@
-"""Losses of the defense (distillation, attack-aware member loss, surrogate loss) and of DFME."""
+"""Losses of the defense (distillation, attack-aware member loss, surrogate loss), of the adaptive-misinformation
+model and of DFME."""
 
 import torch
 import torch.nn.functional as F
@@ -84,3 +85,11 @@ def per_sample_disagreement(student_logits, target, kind="l1", space="logits", m
         return (student_logits - target).abs().mean(1)
     return F.kl_div(F.log_softmax(student_logits, 1), F.log_softmax(target, 1),
                     reduction="none", log_target=True).sum(1)
+
+
+def misinformation_loss(logits, y):
+    """The misinformation model's loss: batch mean of -log(1 - softmax(logits)_y), without forming 1 - p (no
+    cancellation, no clamp needed)."""
+    z = logits.float()
+    others = z.scatter(1, y[:, None], float("-inf"))
+    return (torch.logsumexp(z, 1) - torch.logsumexp(others, 1)).mean()

@@ -8,6 +8,7 @@ import importlib.util
 import math
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from misleader.api_defense import adaptive_misinformation, reverse_sigmoid, roun
 from misleader.data import dataset_info, load_dataset
 from misleader.errors import UserError
 from misleader.evaluate import predict
+from misleader.losses import misinformation_loss
 from misleader.models import create_model
 from misleader.results import COLUMNS, append_row, read_rows
 from misleader.victim import BlackBox, BudgetExceeded
@@ -264,10 +266,9 @@ def test_misinformation_stage_trains_and_the_defense_loads_it(world):
     g = checkpoint.build_classifier(ck).eval()
     x, p = torch.randn(5, 1, 32, 32), torch.softmax(torch.randn(5, 10), 1)
     _close(defense(p, x), adaptive_misinformation(p, x, 0.9, 100.0, g).tolist())
-    mod = _script("Defense", "train_misinformation.py")
     z, y = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
     p0 = math.exp(2) / (math.exp(2) + 1 + math.exp(-1))
-    assert mod.misinformation_loss(z, y).item() == pytest.approx(-math.log(1 - p0), rel=1e-6)
+    assert misinformation_loss(z, y).item() == pytest.approx(-math.log(1 - p0), rel=1e-6)
 
 
 def test_every_defense_runs_through_an_attack_and_its_row_holds_the_served_utility(world, monkeypatch):
@@ -415,10 +416,10 @@ def test_a_finished_clone_is_never_run_again_over_for_a_results_file_without_its
     knockoff = _script("DFME", "knockoff.py")
     knockoff.main(flags + ["--results", str(world / "first.csv")])
     clone = read_rows(str(world / "first.csv"))[0]["attack_path"]
-    before = os.stat(world / clone).st_mtime_ns, open(world / clone, "rb").read()
+    before = os.stat(world / clone).st_mtime_ns, Path(world / clone).read_bytes()
     with pytest.raises(UserError, match="is a finished run whose row is not in .*second.csv"):
         knockoff.main(flags + ["--results", str(world / "second.csv")])
-    assert (os.stat(world / clone).st_mtime_ns, open(world / clone, "rb").read()) == before
+    assert (os.stat(world / clone).st_mtime_ns, Path(world / clone).read_bytes()) == before
     assert not os.path.exists(world / "second.csv")
     knockoff.main(flags + ["--results", str(world / "first.csv")])  # its own file: already done, as before
     assert len(read_rows(str(world / "first.csv"))) == 1
@@ -438,11 +439,11 @@ def test_an_ensemble_of_unchanged_members_is_kept_with_resume_and_rebuilt_when_a
             "--resume", "1"]
     out = paths.ensemble_path("synthetic", "ensres")
     ensemble.main(argv)
-    first = open(out, "rb").read(), open(out[:-3] + ".json").read(), os.stat(out).st_mtime_ns
+    first = Path(out).read_bytes(), Path(out[:-3] + ".json").read_text(), os.stat(out).st_mtime_ns
     capsys.readouterr()
     ensemble.main(argv)
     assert "already done" in capsys.readouterr().out
-    assert (open(out, "rb").read(), open(out[:-3] + ".json").read(), os.stat(out).st_mtime_ns) == first
+    assert (Path(out).read_bytes(), Path(out[:-3] + ".json").read_text(), os.stat(out).st_mtime_ns) == first
     torch.manual_seed(99)  # a member retrained: the ensemble is built again from it
     checkpoint.save(paths.member_path("synthetic", "lenet5half", "ensres"),
                     checkpoint.classifier_payload(create_model("lenet5half", 10, 1), "lenet5half", "synthetic", 10, 1))
@@ -462,13 +463,13 @@ def test_a_finished_output_made_with_other_flags_is_not_taken_as_done(world, mon
     argv = ["--dataset", "synthetic", "--model", "lenet5fifth", "--progress", "0", "--log_dir", str(world / "runs"),
             "--resume", "1"]
     path = world / paths.misinfo_path("synthetic", "lenet5fifth")
-    before = open(path, "rb").read()
+    before = Path(path).read_bytes()
     with pytest.raises(UserError, match="made by a run with --epochs 1, this run has --epochs 2"):
         train.main(argv + ["--epochs", "2"])
-    assert open(path, "rb").read() == before
+    assert Path(path).read_bytes() == before
     capsys.readouterr()
     train.main(argv + ["--epochs", "1"])
-    assert "already done" in capsys.readouterr().out and open(path, "rb").read() == before
+    assert "already done" in capsys.readouterr().out and Path(path).read_bytes() == before
 
 
 def test_two_trainings_with_two_outputs_keep_two_log_folders(world, monkeypatch):

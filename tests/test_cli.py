@@ -229,7 +229,7 @@ def test_every_config_sources_cleanly(name):
     assert dataset and int(students) >= 1
     # and compare.sh accepts it (its checks of the config's lists run before any phase)
     listed = subprocess.run(["bash", "compare.sh", "--list", "train"], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "CONFIG": name}, timeout=120)
+                            env={**os.environ, "CONFIG": name}, timeout=120, check=False)
     assert listed.returncode == 0, listed.stderr
 
 
@@ -237,7 +237,7 @@ def test_every_config_sources_cleanly(name):
 def test_a_config_name_is_a_config_in_configs_not_load_or_a_path(name):
     """CONFIG=load sourced load.sh into itself without end; a path sourced a script from outside configs/."""
     out = subprocess.run(["bash", "compare.sh", "--list", "train"], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "CONFIG": name}, timeout=30)
+                         env={**os.environ, "CONFIG": name}, timeout=30, check=False)
     assert out.returncode == 2 and out.stdout == "" and out.stderr.startswith(f"error: unknown config '{name}'")
     assert len(out.stderr.splitlines()) == 1
 
@@ -251,7 +251,7 @@ def test_a_config_name_is_a_config_in_configs_not_load_or_a_path(name):
 ])
 def test_a_number_that_is_not_finite_is_refused_before_any_work(call, tmp_path, script, argv):
     """float("nan") passes every range check (comparisons with nan are false): a nan budget ended in a traceback."""
-    code, out, err = call(script, "--dataset", "synthetic", *argv)
+    code, _, err = call(script, "--dataset", "synthetic", *argv)
     line = _err_line(code, err)
     flag = [a for a in argv if a.startswith("--")][-1]  # the flag whose value is not finite
     assert f"argument {flag}: " in line and "is not a finite number" in line
@@ -275,5 +275,5 @@ def test_a_results_folder_is_refused_before_the_budget_is_spent(call, tmp_path):
 
 def test_the_results_table_of_a_missing_file_is_one_line():
     proc = subprocess.run([sys.executable, "-m", "misleader.results", "nope.csv"], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
+                          cwd=REPO, timeout=60, check=False)
     assert "nope.csv is not a file" in _one_error_line(proc)
