@@ -132,7 +132,7 @@ def test_a_procedural_pool_spends_every_query_on_an_image_of_its_own(tmp_path, m
         asked.append(images.clone())
         return real(victim, images, *a, **kw)
     entry = _knockoff()
-    monkeypatch.setattr(entry, "query_transfer_set", recording)
+    monkeypatch.setattr(knockoff, "query_transfer_set", recording)
     file = _user_model_file(tmp_path)
     results = str(tmp_path / "r.csv")
     for seed in (0, 0, 1):
