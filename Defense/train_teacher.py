@@ -11,6 +11,7 @@ import torch.nn.functional as F  # noqa: E402
 from misleader import paths  # noqa: E402
 from misleader.cli import Parser, add_common, main_wrapper, parse_model_stage  # noqa: E402
 from misleader.data import Augment, num_batches  # noqa: E402
+from misleader.errors import UserError  # noqa: E402
 from misleader.loop import EpochLoop, train_model  # noqa: E402
 from misleader.runlog import RunLog, stage_run_name  # noqa: E402
 from misleader.runtime import autocast  # noqa: E402
@@ -53,7 +54,10 @@ def family_defaults(args, info):
     args.batch_size = args.batch_size or bs
     args.epochs = args.epochs if args.epochs is not None else ep
     args.scheduler = args.scheduler or sched
-    args.milestones = args.milestones if args.milestones is not None else list(ms)
+    given, args.milestones = args.milestones is not None, args.milestones if args.milestones is not None else list(ms)
+    if given and args.scheduler == "multistep" and any(not 1 <= m <= args.epochs for m in args.milestones):
+        raise UserError(f"--milestones must be epochs from 1 to --epochs {args.epochs}, got "
+                        f"{' '.join(map(str, args.milestones))} (a milestone outside them never divides the rate)")
 
 
 def main(argv):

@@ -277,3 +277,12 @@ def test_the_results_table_of_a_missing_file_is_one_line():
     proc = subprocess.run([sys.executable, "-m", "misleader.results", "nope.csv"], capture_output=True, text=True,
                           cwd=REPO, timeout=60, check=False)
     assert "nope.csv is not a file" in _one_error_line(proc)
+
+
+@pytest.mark.parametrize("milestones", [["-5"], ["2", "9"]])
+def test_a_teacher_milestone_outside_its_epochs_is_refused(call, tmp_path, milestones):
+    """A multistep milestone below 1 or past --epochs never divides the rate: it was silently ignored."""
+    line = _err_line(*call("Defense/train_teacher.py", "--dataset", "synthetic", "--scheduler", "multistep",
+                           "--epochs", "3", "--milestones", *milestones)[::2])
+    assert "--milestones must be epochs from 1 to --epochs 3" in line
+    assert os.listdir(tmp_path) == []
