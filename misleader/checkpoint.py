@@ -21,7 +21,8 @@ def save(path, payload):
 
 def write_atomic(path, write, binary=True, keep_mode=False):
     """Write a file atomically: ``write(f)`` into a temp file in the same folder (binary, or text with
-    newline=""), fsync, then rename over ``path``; whatever stops it leaves the earlier file and no temp file.
+    newline=""), fsync, then rename over ``path`` and fsync the folder; whatever stops it leaves the earlier file
+    and no temp file.
     ``keep_mode``: an existing file keeps its permissions (else the usual ones, as for a new file)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -42,6 +43,22 @@ def write_atomic(path, write, binary=True, keep_mode=False):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder):
+    """Make a rename in ``folder`` durable (after a power loss the folder could still name the old file); a
+    filesystem or platform that cannot fsync a folder is left as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def payload(kind, arch, **fields):

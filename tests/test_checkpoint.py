@@ -238,3 +238,18 @@ def test_rng_snapshot_survives_a_weights_only_round_trip(tmp_path):
     checkpoint.rng_restore(checkpoint.load(path)["rng"], g)
     got = (torch.rand(4), torch.rand(4, generator=g))
     assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
+
+
+def test_an_atomic_write_makes_its_rename_durable_by_syncing_the_folder(tmp_path, monkeypatch):
+    """The file's data were fsynced but not the folder's entry: after a power loss the folder could still name the
+    old file. The folder is fsynced after the rename."""
+    import stat
+    synced = []
+    real = os.fsync
+
+    def recording(fd):
+        synced.append(("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file", os.path.exists(tmp_path / "f.txt")))
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", recording)
+    checkpoint.write_atomic(str(tmp_path / "f.txt"), lambda f: f.write("x"), binary=False)
+    assert synced == [("file", False), ("folder", True)]  # the data before the rename, the folder after it
