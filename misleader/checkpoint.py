@@ -5,6 +5,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import zipfile
 
 import torch
 import torch.nn as nn
@@ -86,6 +87,9 @@ def load(path, made_by=None):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive: this is some other file, e.g. a CSV
+            raise UserError(f"{path} is not a checkpoint (not the zip archive torch.save writes): a CSV, log or "
+                            f"other file given by mistake?{hint}") from e
         raise UserError(f"refusing to load {path}: it holds pickled Python objects, not plain tensors and numbers "
                         f"(torch.load weights_only=True)") from e
     except Exception as e:  # truncated zip, garbage bytes, a CSV by mistake: torch raises many kinds

@@ -134,6 +134,18 @@ def test_garbage_file_is_one_line_error(tmp_path, content):
     assert path in msg and "\n" not in msg
 
 
+def test_a_results_csv_given_as_a_checkpoint_is_named_as_such(tmp_path):
+    """A results CSV passed as a checkpoint was reported as "holds pickled Python objects" (torch's weights-only
+    unpickler fails on its first byte)."""
+    path = str(tmp_path / "results.csv")
+    with open(path, "w") as f:
+        f.write("dataset,victim,victim_acc\nfashionmnist,teacher,0.8893\n")
+    with pytest.raises(UserError) as err:
+        checkpoint.load(path)
+    msg = str(err.value)
+    assert "is not a checkpoint" in msg and "pickled" not in msg and "\n" not in msg
+
+
 def test_pickled_object_is_refused(tmp_path):
     path = str(tmp_path / "obj.pt")
     torch.save(Opaque(), path)
