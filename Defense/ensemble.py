@@ -14,7 +14,7 @@ from misleader import checkpoint, paths  # noqa: E402
 from misleader.cli import Parser, add_common, main_wrapper, tag_type  # noqa: E402
 from misleader.data import dataset_info, load_dataset  # noqa: E402
 from misleader.ensemble import SoftVotingEnsemble, built_from, ensemble_payload  # noqa: E402
-from misleader.runtime import amp_dtype, pick_device  # noqa: E402
+from misleader.runtime import pick_device  # noqa: E402
 from misleader.evaluate import accuracy  # noqa: E402
 
 
@@ -40,7 +40,6 @@ def parse(argv):
 def main(argv):
     args = parse(argv)
     device = pick_device(args.device)
-    amp = amp_dtype(args.amp, device)
     info = dataset_info(args.dataset)
     members, archs, sources = [], [], []
     for spec in args.members:
@@ -63,12 +62,12 @@ def main(argv):
     tpath = paths.teacher_path(args.dataset, args.teacher_model, args.teacher_tag)
     if os.path.isfile(tpath):
         teacher = checkpoint.load_classifier(tpath, args.teacher_model, info, "teacher.sh")[0].to(device)
-        report["teacher"] = {"arch": args.teacher_model, "test_acc": accuracy(teacher, data.test, data.normalize, amp)}
+        report["teacher"] = {"arch": args.teacher_model, "test_acc": accuracy(teacher, data.test, data.normalize)}
     for spec, m in zip(args.members, members):
-        report["members"][spec] = {"test_acc": accuracy(m, data.test, data.normalize, amp),
-                                   "val_acc": accuracy(m, data.val, data.normalize, amp)}
-    report["ensemble"] = {"test_acc": accuracy(ens, data.test, data.normalize, amp),
-                          "val_acc": accuracy(ens, data.val, data.normalize, amp)}
+        report["members"][spec] = {"test_acc": accuracy(m, data.test, data.normalize),
+                                   "val_acc": accuracy(m, data.val, data.normalize)}
+    report["ensemble"] = {"test_acc": accuracy(ens, data.test, data.normalize),
+                          "val_acc": accuracy(ens, data.val, data.normalize)}
     checkpoint.save(args.out, ensemble_payload(ens, args.dataset, info.num_classes, info.in_channels,
                                                report["ensemble"], vars(args), args.seed, sources))
     checkpoint.write_atomic(json_path, lambda f: json.dump(report, f, indent=2), binary=False)

@@ -97,8 +97,8 @@ def main(argv):
 
     def end_epoch(epoch, losses, seen, secs):
         check_finite(losses[:, 3], (epoch - 1) * steps, "surrogate loss")
-        val_acc = accuracy(member, data.val, data.normalize, amp)
-        sur_acc = accuracy(surrogate, data.val, data.normalize, amp)
+        val_acc = accuracy(member, data.val, data.normalize)
+        sur_acc = accuracy(surrogate, data.val, data.normalize)
         agree = trainer.proxy_agreement(data.val.x, seed=args.seed + 7)  # fixed augmentation: epochs comparable
         mean = losses.mean(0).tolist()
         images = seen * (2 + args.a_iter)  # distinct images: clean + a proxy batch per surrogate step + one for the member step
@@ -108,7 +108,7 @@ def main(argv):
         return val_acc
 
     loop.run(data.train, args.batch_size, args.epochs, step, end_epoch, args.progress)
-    loop.conclude(args.out, data, amp, log, info, args)
+    loop.conclude(args.out, data, log, info, args)
 
 if __name__ == "__main__":
     main_wrapper(main)

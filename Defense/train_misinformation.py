@@ -59,14 +59,14 @@ def train(args, run, info, device, amp, fmt, model, data):
         return torch.stack([loss.detach(), (out.argmax(1) == y).sum().float()])
 
     def end_epoch(epoch, losses, seen, secs):
-        val_p, val_acc = true_class_prob(model, data.val, data.normalize, amp)
+        val_p, val_acc = true_class_prob(model, data.val, data.normalize)
         log.log(epoch, {"train_loss": losses[:, 0].mean().item(), "train_acc": losses[:, 1].sum().item() / seen,
                         "val_true_prob": val_p, "val_acc": val_acc}, extra={"images_per_s": seen / secs})
         return 1.0 - val_p  # the loop keeps the highest: the epoch with the least probability on the truth
 
     model.train()
     loop.run(data.train, args.batch_size, args.epochs, step, end_epoch, args.progress)
-    test_p, test_acc = true_class_prob(model, data.test, data.normalize, amp)
+    test_p, test_acc = true_class_prob(model, data.test, data.normalize)
     metrics = {"val_true_prob": 1.0 - loop.best_acc, "test_true_prob": test_p, "test_acc": test_acc,
                "best_epoch": loop.best_epoch}
     checkpoint.save(args.out, checkpoint.classifier_payload(model, args.model, info.name, info.num_classes,

@@ -90,7 +90,7 @@ def train(args, run, info, device, amp, fmt, model, data):
         return torch.stack([loss.detach(), (out.argmax(1) == y).sum().float()])
 
     def end_epoch(epoch, losses, seen, secs):
-        val_acc = accuracy(model, data.val, data.normalize, amp)
+        val_acc = accuracy(model, data.val, data.normalize)
         log.log(epoch, {"train_loss": losses[:, 0].mean().item(), "train_acc": losses[:, 1].sum().item() / seen,
                         "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"]},
                 extra={"images_per_s": seen / secs})
@@ -98,7 +98,7 @@ def train(args, run, info, device, amp, fmt, model, data):
 
     model.train()
     loop.run(data.train, args.batch_size, args.epochs, step, end_epoch, args.progress)
-    loop.conclude(args.out, data, amp, log, info, args)
+    loop.conclude(args.out, data, log, info, args)
 
 if __name__ == "__main__":
     main_wrapper(main)

@@ -131,8 +131,8 @@ class AttackStage:
 
     def evaluate(self, student):
         """(test accuracy, fidelity to the victim on the test set, validation accuracy) of the clone."""
-        acc, fid = clone_metrics(student, self.test_x, self.data.test.y, self.victim_pred, self.amp)
-        return acc, fid, accuracy(student, self.data.val, self.data.normalize, self.amp)
+        acc, fid = clone_metrics(student, self.test_x, self.data.test.y, self.victim_pred)
+        return acc, fid, accuracy(student, self.data.val, self.data.normalize)
 
     def finish(self, student, best_acc, wall, log_dir, settings, extra_payload=None):
         """Save the clone, record the results row (one per run: a rerun's replaces the earlier), remove the state

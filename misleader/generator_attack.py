@@ -124,7 +124,7 @@ def run_generator_attack(args, cfg, attack_name, build, log_name, title, state_k
 
     def on_epoch(a, stats):
         acc, fid, val_acc = stage.evaluate(a.student)  # val: to choose attack settings without the test set
-        more = {f"{name}_acc": clone_metrics(m, stage.test_x, stage.data.test.y, stage.victim_pred, stage.amp)[0]
+        more = {f"{name}_acc": clone_metrics(m, stage.test_x, stage.data.test.y, stage.victim_pred)[0]
                 for name, m in extra.items()}
         a.best_acc = max(a.best_acc, acc)
         log.log(a.epoch, {"clone_acc": acc, "clone_val_acc": val_acc, "fidelity": fid, **more,

@@ -187,11 +187,11 @@ class EpochLoop:
         if self.keep_best:
             self.model.load_state_dict(self.best_state)
 
-    def conclude(self, out, data, amp, log, info, args):
+    def conclude(self, out, data, log, info, args):
         """After run(): test accuracy of the best model, the final checkpoint, the last scalars, cleanup."""
         from misleader.evaluate import accuracy
 
-        test_acc = accuracy(self.model, data.test, data.normalize, amp)
+        test_acc = accuracy(self.model, data.test, data.normalize)
         metrics = {"val_acc": self.best_acc, "test_acc": test_acc, "best_epoch": self.best_epoch}
         checkpoint.save(out, checkpoint.classifier_payload(self.model, self.arch, info.name, info.num_classes,
                                                            info.in_channels, metrics, vars(args), args.seed))

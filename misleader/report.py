@@ -562,7 +562,7 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
     from misleader.data import dataset_info, load_dataset
     from misleader.models import create_model
     from misleader.evaluate import accuracy, clone_metrics, predict
-    from misleader.runtime import amp_dtype, pick_device
+    from misleader.runtime import pick_device
 
     if rows is None:
         rows = filter_config(load_results(csv_path, VERIFY_COLUMNS), config, csv_path)
@@ -598,8 +598,6 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
             datasets[dkey] = (data, data.normalize(data.test.x))
         data, test_x = datasets[dkey]
         y = data.test.y
-        run_amp = run_args.get("amp", "off")
-        amp = amp_dtype(run_amp if run_amp in ("auto", "off", "bf16") else "off", dev)
         student = create_model(ck["arch"], ck["num_classes"], ck["in_channels"])
         student.load_state_dict(ck["state_dict"])
         student = student.to(dev).eval()
@@ -612,7 +610,7 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
         if pkey not in victim_preds:  # in float32, as the run measured it (the API's own precision)
             victim_preds[pkey] = predict(victims[vkey], test_x).argmax(1)
         victim_pred = victim_preds[pkey]
-        clone_acc, fidelity = clone_metrics(student, test_x, y, victim_pred, amp)
+        clone_acc, fidelity = clone_metrics(student, test_x, y, victim_pred)
         recomputed = {"victim_acc": (victim_pred == y).float().mean().item(), "clone_acc": clone_acc,
                       "fidelity": fidelity,
                       "queries_used": used}
@@ -620,7 +618,7 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
         # rows and clones made before the column existed have none to check; a clone that recorded one is checked
         # against its row, an empty cell included
         if r.get("clone_val_acc") or (ck.get("metrics") or {}).get("clone_val_acc") is not None:
-            recomputed["clone_val_acc"] = accuracy(student, data.val, data.normalize, amp)
+            recomputed["clone_val_acc"] = accuracy(student, data.val, data.normalize)
             fields += ("clone_val_acc",)
         del student
         if dev.type == "cuda":
