@@ -51,7 +51,7 @@ def main(argv):
                         f"or train.sh with MISINFO_ARCH set in the config)")
     device, _, _ = setup(args)  # p and g in float32 whatever --amp: as the API serves them
     model, label, _ = checkpoint.load_victim(args.victim, info, args.teacher_model, args.ensemble_tag,
-                                             args.teacher_tag)
+                                             args.teacher_tag, split=(args.split_seed, args.val_size))
     defense = api_defense.build(f"adaptive_misinformation:tau=0,nu={args.nu},model={args.misinfo}", info)
     data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, device)
     x, y = data.normalize(data.val.x), data.val.y

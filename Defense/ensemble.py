@@ -46,7 +46,7 @@ def main(argv):
         arch, _, tag = spec.partition(":")
         path = paths.member_path(args.dataset, arch, tag or None)
         model, ck = checkpoint.load_classifier(path, arch, info, "train.sh / Defense/train_defense.py")
-        checkpoint.check_split(ck, path, args.split_seed)
+        checkpoint.check_split(ck, path, args.split_seed, args.val_size, info)
         members.append(model.to(device).eval())
         archs.append(arch)
         sources.append(path)

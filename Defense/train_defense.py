@@ -65,7 +65,7 @@ def main(argv):
     member = create_model(args.defense_model, info.num_classes, info.in_channels).to(device, memory_format=fmt)
     surrogate = create_model(args.attacker_model, info.num_classes, info.in_channels).to(device, memory_format=fmt)
     teacher, tck = checkpoint.load_classifier(args.teacher_path, args.teacher_model, info, "teacher.sh / Defense/train_teacher.py")
-    checkpoint.check_split(tck, args.teacher_path, args.split_seed)
+    checkpoint.check_split(tck, args.teacher_path, args.split_seed, args.val_size, info)
     teacher = teacher.to(device, memory_format=fmt).eval()
     run = RunState(args.out, "defense-state", args.defense_model, args)
     if run.already_done():

@@ -96,7 +96,7 @@ class AttackStage:
         self.info = info = dataset_info(args.dataset)
         model, victim_label, self.victim_path = checkpoint.load_victim(args.victim, info, args.teacher_model,
                                                                args.ensemble_tag, args.teacher_tag,
-                                                               args.victim_weights)
+                                                               args.victim_weights, (args.split_seed, args.val_size))
         self.label = args.label or victim_label
         self.commit = git_commit()  # the code that runs, read now: a checkout that moves on mid-run does not change it
         self.defense = api_defense.build(args.api_defense, info)

@@ -115,13 +115,21 @@ def split_seed_of(ck):
     return args.get("split_seed", args.get("seed", ck.get("seed")))
 
 
-def check_split(ck, path, split_seed):
+def check_split(ck, path, split_seed, val_size=None, info=None):
     """Refuse a model trained on another train/validation split: its training images would be validation
-    images here. A checkpoint that records no seed at all is taken as it is."""
+    images here (where attack settings and thresholds are chosen). The split is the seed and, with ``info``
+    (the dataset), the validation size (None: the dataset's default). A checkpoint that records no seed at all
+    is taken as it is, and one that records no validation size is compared on the seed only."""
     theirs = split_seed_of(ck)
     if theirs is not None and theirs != split_seed:
         raise UserError(f"checkpoint {path} was trained with split seed {theirs}, this run uses --split_seed "
                         f"{split_seed}; one comparison keeps one split")
+    args = ck.get("args") or {}
+    if info is not None and "val_size" in args:
+        made, now = (info.default_val_size if v is None else v for v in (args["val_size"], val_size))
+        if made != now:
+            raise UserError(f"checkpoint {path} was trained with --val_size {made}, this run uses {now}: part of this "
+                            "run's validation split would be its training images; one comparison keeps one split")
     return ck
 
 
@@ -279,9 +287,11 @@ def check_user_model(model, spec, info):
         raise UserError(f"--victim {spec}: the model returns {shape} for 2 images, expected (2, {info.num_classes})")
 
 
-def load_victim(spec, info, teacher_model, ensemble_tag=None, teacher_tag=None, weights=None):
+def load_victim(spec, info, teacher_model, ensemble_tag=None, teacher_tag=None, weights=None, split=None):
     """--victim {ensemble, teacher, PATH, FILE.py:FUNCTION} -> (model, label, path), checked against dataset
-    ``info``. 'ensemble' and 'teacher' read the Defense stage's outputs through the one path convention."""
+    ``info`` and, with ``split`` = (split_seed, val_size), against this run's train/validation split (check_split;
+    a user's own model is taken as it is). 'ensemble' and 'teacher' read the Defense stage's outputs through the
+    one path convention."""
     from misleader import paths
     from misleader.ensemble import load_ensemble
 
@@ -294,6 +304,8 @@ def load_victim(spec, info, teacher_model, ensemble_tag=None, teacher_tag=None, 
     path, made_by, label = paths.victim_checkpoint(spec, info.name, teacher_model, ensemble_tag, teacher_tag)
     ck = check(load(path, made_by=made_by), path, num_classes=info.num_classes, in_channels=info.in_channels,
                dataset=info.name)
+    if split is not None:
+        check_split(ck, path, split[0], split[1], info)
     if ck["kind"] == "ensemble":
         return load_ensemble(ck), label, path
     if ck["kind"] == "classifier":

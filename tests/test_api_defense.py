@@ -486,3 +486,25 @@ def test_two_trainings_with_two_outputs_keep_two_log_folders(world, monkeypatch)
     from misleader.runlog import stage_run_name
     args = _script("Defense", "train_defense.py").parse(["--dataset", "synthetic", "--tag", "v2"])
     assert stage_run_name(args) == "synthetic-lenet5-v2-seed0"  # the name the committed runs' folders have
+
+
+@pytest.mark.parametrize("script,extra", [("DFME/knockoff.py", ["--pool", "synthetic", "--query_budget", "0.0003",
+                                                                  "--epochs", "1", "--results", "split.csv"]),
+                                          ("Defense/choose_tau.py", ["--misinfo", paths.misinfo_path("synthetic",
+                                                                                                     "lenet5fifth")])])
+def test_an_attack_or_threshold_on_a_victim_of_another_split_is_refused(world, monkeypatch, script, extra):
+    """Attacks and choose_tau never checked the victim's train/validation split: a teacher trained with --val_size
+    700 and a run with the default (1,000 for synthetic) would choose settings (or tau) on images the teacher
+    trained on."""
+    monkeypatch.chdir(world)
+    torch.manual_seed(0)
+    checkpoint.save(paths.teacher_path("synthetic", "lenet5", "val700"),
+                    checkpoint.classifier_payload(create_model("lenet5", 10, 1), "lenet5", "synthetic", 10, 1,
+                                                  args={"split_seed": 0, "val_size": 700}))
+    folder, name = script.split("/")
+    common = ["--dataset", "synthetic", "--victim", "teacher", "--teacher_tag", "val700", "--progress", "0",
+              *extra]
+    with pytest.raises(UserError, match="trained with --val_size 700, this run uses 1000"):
+        _script(folder, name).main(common)
+    with pytest.raises(UserError, match="trained with split seed 0, this run uses --split_seed 1"):
+        _script(folder, name).main(common + ["--val_size", "700", "--split_seed", "1"])
