@@ -264,8 +264,8 @@ def load_dataset(name, data_root="data", val_size=None, seed=0, device="cpu"):
     else:
         xtr, ytr, xte, yte = read_raw(name, data_root)
     val_size = info.default_val_size if val_size is None else val_size
-    if not 0 <= val_size < len(ytr):
-        raise UserError(f"--val_size must be in [0, {len(ytr) - 1}] for {name}, got {val_size}")
+    if not 1 <= val_size < len(ytr):  # every stage chooses its epoch, or records its clone, on the validation split
+        raise UserError(f"--val_size must be in [1, {len(ytr) - 1}] for {name}, got {val_size}")
     perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(seed)).numpy()
     val_idx, train_idx = np.sort(perm[:val_size]), np.sort(perm[val_size:])
     return DataBundle(info,
