@@ -16,9 +16,13 @@ def pick_device(name="auto"):
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name} requested but no CUDA device is available (use --device cpu or auto)")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as e:
         raise UserError(f"bad --device '{name}': {e}") from e
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def seed_everything(seed):
@@ -38,15 +42,17 @@ def seeded(seed, build):
 def amp_dtype(mode, device):
     """Resolve --amp {auto,off,bf16} to a dtype or None.
 
-    auto: bf16 on CUDA (where it is fast and safe); fp32 on CPU, because bf16 only pays on CPUs with
-    AMX/AVX512-BF16 and this project is tested on one without (see README, Performance).
+    auto: bf16 on a CUDA GPU that computes it natively (Ampere and later; an older GPU only emulates it, slowly:
+    fp32 there); fp32 on CPU, because bf16 only pays on CPUs with AMX/AVX512-BF16 and this project is tested on
+    one without (see README, Performance).
     """
     if mode == "off":
         return None
     if mode == "bf16":
         return torch.bfloat16
     if mode == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else None
     raise UserError(f"--amp must be auto, off or bf16, got '{mode}'")
 
 

@@ -79,18 +79,3 @@ def test_the_loss_differences_are_taken_without_tf32_and_the_settings_come_back(
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
-
-def test_evaluation_is_float32_whatever_the_runs_amp():
-    """predict (and with it accuracy, fidelity, validation accuracy) ran under the run's autocast: with bf16 (CUDA's
-    default) a clone's fidelity compared a bf16 clone with the float32 victim, and 8 of the v2 teacher's 10,000
-    test answers moved. Evaluation is float32, and autocast around it changes nothing."""
-    from misleader.evaluate import predict
-    from misleader.runtime import autocast
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    x = torch.randn(256, 1, 8, 8)
-    exact = predict(model, x)
-    with autocast(torch.device("cpu"), torch.bfloat16):  # a training step's context around an evaluation
-        inside = predict(model, x)
-    assert exact.dtype == inside.dtype == torch.float32 and torch.equal(exact, inside)
-    assert torch.allclose(exact, torch.softmax(model(x), 1), atol=1e-6)
