@@ -33,4 +33,6 @@ def lenet5half(num_classes=10, in_channels=3):
 
 
 def lenet5fifth(num_classes=10, in_channels=3):
+    """A still smaller third member: widths (4, 10, 30, 30), 9,884 parameters on one channel, about a sixth of
+    lenet5's 61,706 (the name is historical: not a fifth of each width)."""
     return LeNet5((4, 10, 30, 30), num_classes, in_channels)
