@@ -290,7 +290,12 @@ fi
 # the report of the rows this comparison writes ($RESULTS); a CSV of one's own gets a report folder of its own, so
 # the committed results/<config>/report.md is never overwritten by another machine's runs
 REPORT=(bash report.sh --csv "$RESULTS" --config "$CONFIG")
-[ "$RESULTS" = results/results.csv ] || REPORT+=(--out "${RESULTS%.csv}/$CONFIG")
+realpath_of() { python -c 'import os, sys; print(os.path.realpath(sys.argv[1]))' "$1"; }
+if [ "$(realpath_of "$RESULTS")" != "$(realpath_of results/results.csv)" ]; then
+    own="${RESULTS%.csv}"
+    [ "$own" = "$RESULTS" ] && own="$RESULTS-report"  # a CSV named without .csv: its report beside it, not inside
+    REPORT+=(--out "$own/$CONFIG")
+fi
 [ ${#NAMES[@]} -gt 0 ] && REPORT+=(--grid "${NAMES[@]}")
 [ ${#AWARE_SETTINGS[@]} -gt 0 ] && REPORT+=(--aware "${AWARE_SETTINGS[@]}")
 [ ${#VARIANT_GRID[@]} -gt 0 ] && REPORT+=(--variant_grid "${VARIANT_GRID[@]}")

@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from misleader import api_defense, checkpoint, paths  # noqa: E402
-from misleader.cli import Parser, add_common, main_wrapper  # noqa: E402
+from misleader.cli import Parser, add_common, main_wrapper, tag_type  # noqa: E402
 from misleader.data import dataset_info, load_dataset  # noqa: E402
 from misleader.errors import UserError  # noqa: E402
 from misleader.evaluate import predict  # noqa: E402
@@ -26,8 +26,9 @@ def parse(argv):
     p = add_common(Parser(description=__doc__))
     p.add_argument("--victim", default="ensemble", help="the served model: ensemble, teacher or a checkpoint path "
                                                         "(as the attacks' --victim)")
-    p.add_argument("--ensemble_tag", default=None, help="with --victim ensemble: Defense/ensemble/<dataset>-<tag>.pt")
-    p.add_argument("--teacher_tag", default=None, help="with --victim teacher: the teacher's tag")
+    p.add_argument("--ensemble_tag", type=tag_type, default=None,
+                   help="with --victim ensemble: Defense/ensemble/<dataset>-<tag>.pt")
+    p.add_argument("--teacher_tag", type=tag_type, default=None, help="with --victim teacher: the teacher's tag")
     p.add_argument("--teacher_model", default=None, help="teacher architecture (default: the dataset's)")
     p.add_argument("--misinfo", default=None, help="the misinformation model (default Defense/cache/misinfo/"
                                                    "<dataset>-<teacher architecture>.pt)")

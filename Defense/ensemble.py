@@ -23,7 +23,7 @@ def parse(argv):
     p.add_argument("--members", nargs="+", required=True,
                    help="member names, each ARCH or ARCH:TAG, read from Defense/cache/defense/<dataset>-ARCH[-TAG].pt")
     p.add_argument("--teacher_model", default=None, help="teacher architecture, for the comparison line")
-    p.add_argument("--teacher_tag", default=None, help="tag of the teacher checkpoint (default: --tag)")
+    p.add_argument("--teacher_tag", type=tag_type, default=None, help="tag of the teacher checkpoint (default: --tag)")
     p.add_argument("--tag", type=tag_type, default=None,
                    help="suffix of the ensemble name: Defense/ensemble/<dataset>-<tag>.pt")
     p.add_argument("--out", default=None, help="output path (default Defense/ensemble/<dataset>[-tag].pt)")

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from misleader import checkpoint, paths  # noqa: E402
-from misleader.cli import Parser, add_common, add_run_flags, main_wrapper  # noqa: E402
+from misleader.cli import Parser, add_common, add_run_flags, main_wrapper, tag_type  # noqa: E402
 from misleader.data import Augment, dataset_info, load_dataset, num_batches  # noqa: E402
 from misleader.loop import EpochLoop, RunState  # noqa: E402
 from misleader.defense import DefenseStep  # noqa: E402
@@ -27,7 +27,7 @@ from misleader.train import check_finite, make_optimizer, make_scheduler  # noqa
 def parse(argv):
     p = add_common(Parser(description=__doc__))
     p.add_argument("--teacher_model", default=None, help="teacher architecture (default lenet5 MNIST-like, resnet34_8x CIFAR)")
-    p.add_argument("--teacher_tag", default=None, help="tag of the teacher checkpoint (default: --tag)")
+    p.add_argument("--teacher_tag", type=tag_type, default=None, help="tag of the teacher checkpoint (default: --tag)")
     p.add_argument("--teacher_path", default=None,
                    help="teacher checkpoint (default Defense/cache/teacher/<dataset>-<arch>[-teacher_tag].pt)")
     p.add_argument("--defense_model", default="lenet5", help="architecture of this member")

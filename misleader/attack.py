@@ -12,7 +12,7 @@ import os
 import torch.nn.functional as F
 
 from misleader import api_defense, checkpoint, paths
-from misleader.cli import add_common, add_run_flags
+from misleader.cli import add_common, add_run_flags, tag_type
 from misleader.data import dataset_info, load_dataset
 from misleader.errors import UserError
 from misleader.loop import RunState
@@ -32,9 +32,10 @@ def add_attack_flags(p, budget_help):
                         "returning an nn.Module that maps normalised 32x32 images to logits)")
     p.add_argument("--victim_weights", default=None,
                    help="with --victim FILE.py:FUNCTION: a plain state_dict file for the model (weights_only load)")
-    p.add_argument("--ensemble_tag", default=None, help="with --victim ensemble: read Defense/ensemble/<dataset>-<tag>.pt")
-    p.add_argument("--teacher_tag", default=None, help="with --victim teacher: read Defense/cache/teacher/<dataset>-"
-                                                        "<teacher_model>-<tag>.pt")
+    p.add_argument("--ensemble_tag", type=tag_type, default=None,
+                   help="with --victim ensemble: read Defense/ensemble/<dataset>-<tag>.pt")
+    p.add_argument("--teacher_tag", type=tag_type, default=None,
+                   help="with --victim teacher: read Defense/cache/teacher/<dataset>-<teacher_model>-<tag>.pt")
     p.add_argument("--teacher_model", default=None, help="teacher architecture for --victim teacher (default lenet5 "
                                                           "MNIST-like, resnet34_8x CIFAR)")
     p.add_argument("--victim_output", default="probs", choices=["probs", "label"],

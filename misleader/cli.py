@@ -61,8 +61,9 @@ def add_common(p, seed_default=0):
                         "attacks) so that no model's validation images are another's training images")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"],
-                   help="mixed precision of training steps: auto = bf16 on CUDA, fp32 on CPU; bf16 forces it (slow on "
-                        "CPUs without AMX); the API's answers and every evaluation stay float32")
+                   help="mixed precision of training steps: auto = bf16 on a CUDA GPU that computes it natively "
+                        "(compute capability 8+), else fp32 (always on CPU); bf16 forces it (slow on CPUs without "
+                        "AMX); the API's answers and every evaluation stay float32")
     p.add_argument("--log_dir", default="runs", help="TensorBoard root shared by every stage; a run writes to a subfolder")
     p.add_argument("--run_name", default=None, help="subfolder of --log_dir for this run (default: derived from the flags)")
     p.add_argument("--progress", default="auto", choices=["auto", "0", "1"],

@@ -51,9 +51,16 @@ def amp_dtype(mode, device):
     if mode == "bf16":
         return torch.bfloat16
     if mode == "auto":
-        native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-        return torch.bfloat16 if native else None
+        return torch.bfloat16 if device.type == "cuda" and native_bf16(device) else None
     raise UserError(f"--amp must be auto, off or bf16, got '{mode}'")
+
+
+def native_bf16(device):
+    """Whether the CUDA device ``device`` computes bf16 in hardware: compute capability 8 (Ampere) or later, or a
+    ROCm GPU. Asked of that device, not the current one, with a call every torch this project supports has."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def autocast(device, dtype):

@@ -258,12 +258,15 @@ def test_a_number_that_is_not_finite_is_refused_before_any_work(call, tmp_path, 
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("script", ["DFME/dfme.py", "Defense/train_teacher.py", "Defense/ensemble.py"])
-def test_a_tag_is_a_file_name_part_not_a_path(call, tmp_path, script):
-    """--tag ../../x raised FileNotFoundError from the lock; --tag a/b made folders under the cache."""
+@pytest.mark.parametrize("script,flag", [("DFME/dfme.py", "--tag"), ("Defense/train_teacher.py", "--tag"),
+                                         ("Defense/ensemble.py", "--tag"), ("DFME/dfme.py", "--teacher_tag"),
+                                         ("Defense/choose_tau.py", "--ensemble_tag")])
+def test_a_tag_is_a_file_name_part_not_a_path(call, tmp_path, script, flag):
+    """--tag ../../x raised FileNotFoundError from the lock; --tag a/b made folders under the cache; a teacher or
+    ensemble tag read a file outside the cache."""
     extra = ["--members", "lenet5"] if "ensemble" in script else []
-    line = _err_line(*call(script, "--dataset", "synthetic", "--tag", "a/b", *extra)[::2])
-    assert "--tag" in line and "'a/b'" in line
+    line = _err_line(*call(script, "--dataset", "synthetic", flag, "a/b", *extra)[::2])
+    assert flag in line and "'a/b'" in line
     assert os.listdir(tmp_path) == []
 
 

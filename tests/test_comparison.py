@@ -641,6 +641,12 @@ def test_the_report_reads_the_comparisons_own_csv_and_keeps_the_committed_report
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.splitlines()[-1].startswith(
             "# then the report: bash report.sh --csv results/mine.csv --config smoke --out results/mine/smoke")
+    for spelling, out in (("mine", "mine-report/smoke"), ("./results/results.csv", None),
+                          (str(tmp_path / "results" / "results.csv"), None)):
+        proc = subprocess.run(["bash", "compare.sh", "--list", "final"], cwd=tmp_path, env={**env, "RESULTS": spelling},
+                              capture_output=True, text=True, timeout=120, check=False)
+        last = proc.stdout.splitlines()[-1]
+        assert (f"--out {out}" in last) if out else ("--out" not in last), (spelling, last)  # the default, spelt
     own = _compare_list(tmp_path, "smoke", "final").stdout.splitlines()[-1]
     assert own.startswith("# then the report: bash report.sh --csv results/results.csv --config smoke") \
         and "--out" not in own

@@ -32,9 +32,12 @@ def test_device_and_precision_choices_on_machines_this_one_is_not(monkeypatch):
     assert runtime.pick_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(UserError, match="cuda:7: this machine has 1 CUDA device"):
         runtime.pick_device("cuda:7")
-    gpu = torch.device("cuda")
-    for native, expected in ((True, torch.bfloat16), (False, None)):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native: n)
+    gpu = torch.device("cuda:1")
+    asked = []
+    monkeypatch.setattr(torch.version, "hip", None)
+    for capability, expected in (((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16), ((7, 5), None)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=capability: asked.append(d) or c)
         assert runtime.amp_dtype("auto", gpu) == expected
         assert runtime.amp_dtype("bf16", gpu) == torch.bfloat16  # asked for: given
+    assert asked == [gpu] * 3  # the run's own device, not the current one
     assert runtime.amp_dtype("auto", torch.device("cpu")) is None
