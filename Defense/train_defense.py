@@ -10,15 +10,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-
 from misleader import checkpoint, paths  # noqa: E402
 from misleader.cli import Parser, add_common, add_run_flags, main_wrapper, tag_type  # noqa: E402
 from misleader.data import Augment, dataset_info, load_dataset, num_batches  # noqa: E402
-from misleader.loop import EpochLoop, RunState  # noqa: E402
+from misleader.loop import RunState, epoch_run  # noqa: E402
 from misleader.defense import DefenseStep  # noqa: E402
 from misleader.models import create_model  # noqa: E402
-from misleader.runlog import RunLog, stage_run_name  # noqa: E402
 from misleader.runtime import setup  # noqa: E402
 from misleader.evaluate import accuracy  # noqa: E402
 from misleader.train import check_finite, make_optimizer, make_scheduler  # noqa: E402
@@ -80,11 +77,8 @@ def main(argv):
     aug = Augment(data, seed=args.seed + 1)
     trainer = DefenseStep(member, surrogate, teacher, aug, opt_m, opt_s, args.T, args.alpha, args.lambda_,
                           args.a_iter, device, amp, fmt)
-    loop = EpochLoop(run, member,
-                     {"member": member, "surrogate": surrogate, "opt_m": opt_m, "opt_s": opt_s, "sch_m": sch_m,
-                      "sch_s": sch_s}, aug.g, torch.Generator().manual_seed(args.seed))
-    resumed = loop.resume()
-    log = RunLog(args.log_dir, "defense", stage_run_name(args), vars(args), resume_step=loop.epoch if resumed else None)
+    loop, log = epoch_run(run, member, {"member": member, "surrogate": surrogate, "opt_m": opt_m, "opt_s": opt_s,
+                                        "sch_m": sch_m, "sch_s": sch_s}, aug, args, "defense")
     print(f"member {args.defense_model} (surrogate {args.attacker_model}, teacher {args.teacher_model}) on "
           f"{args.dataset}: lambda {args.lambda_} T {args.T} alpha {args.alpha} a_iter {args.a_iter}, "
           f"device {device}, amp {amp or 'off'}, seed {args.seed}")

@@ -17,9 +17,8 @@ from misleader import checkpoint, paths  # noqa: E402
 from misleader.cli import Parser, add_common, main_wrapper, parse_model_stage  # noqa: E402
 from misleader.data import Augment  # noqa: E402
 from misleader.evaluate import true_class_prob  # noqa: E402
-from misleader.loop import EpochLoop, train_model  # noqa: E402
+from misleader.loop import epoch_run, train_model  # noqa: E402
 from misleader.losses import misinformation_loss  # noqa: E402
-from misleader.runlog import RunLog, stage_run_name  # noqa: E402
 from misleader.runtime import autocast  # noqa: E402
 from misleader.train import make_optimizer  # noqa: E402
 
@@ -42,10 +41,7 @@ def main(argv):
 def train(args, run, info, device, amp, fmt, model, data):
     optimizer = make_optimizer("adam", model.parameters(), args.lr, weight_decay=args.weight_decay)
     aug = Augment(data, seed=args.seed + 1)
-    loop = EpochLoop(run, model, {"model": model, "optimizer": optimizer}, aug.g,
-                     torch.Generator().manual_seed(args.seed))
-    resumed = loop.resume()
-    log = RunLog(args.log_dir, "misinfo", stage_run_name(args), vars(args), resume_step=loop.epoch if resumed else None)
+    loop, log = epoch_run(run, model, {"model": model, "optimizer": optimizer}, aug, args, "misinfo")
     print(f"misinformation model {args.model} on {args.dataset}: {len(data.train)} train images, device {device}, "
           f"seed {args.seed}")
 

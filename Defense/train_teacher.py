@@ -12,8 +12,7 @@ from misleader import paths  # noqa: E402
 from misleader.cli import Parser, add_common, main_wrapper, parse_model_stage  # noqa: E402
 from misleader.data import Augment, num_batches  # noqa: E402
 from misleader.errors import UserError  # noqa: E402
-from misleader.loop import EpochLoop, train_model  # noqa: E402
-from misleader.runlog import RunLog, stage_run_name  # noqa: E402
+from misleader.loop import epoch_run, train_model  # noqa: E402
 from misleader.runtime import autocast  # noqa: E402
 from misleader.evaluate import accuracy  # noqa: E402
 from misleader.train import make_optimizer, make_scheduler  # noqa: E402
@@ -70,11 +69,8 @@ def train(args, run, info, device, amp, fmt, model, data):
     scheduler = make_scheduler(args.scheduler, optimizer, args.epochs * steps_per_epoch,
                                [m * steps_per_epoch for m in args.milestones])
     aug = Augment(data, seed=args.seed + 1)
-    loop = EpochLoop(run, model,
-                     {"model": model, "optimizer": optimizer, "scheduler": scheduler}, aug.g,
-                     torch.Generator().manual_seed(args.seed))
-    resumed = loop.resume()
-    log = RunLog(args.log_dir, "teacher", stage_run_name(args), vars(args), resume_step=loop.epoch if resumed else None)
+    loop, log = epoch_run(run, model, {"model": model, "optimizer": optimizer, "scheduler": scheduler}, aug, args,
+                          "teacher")
     print(f"teacher {args.model} on {args.dataset}: {len(data.train)} train / {len(data.val)} val / "
           f"{len(data.test)} test images, device {device}, amp {amp or 'off'}, seed {args.seed}")
 

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 @torch.no_grad()
 def predict(model, x, normalize=None, batch_size=2048, probs=True):
     """Softmax (or raw) outputs of model on x, in batches, in eval mode, computed in float32 whatever the run's

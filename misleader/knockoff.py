@@ -92,7 +92,7 @@ class TransferSet:
 def run_knockoff(args):
     """One Knockoff run of the parsed flags of DFME/knockoff.py: the transfer set asked once (kept in the run's
     state, so a resumed run never asks again), the student trained on it, the clone saved and its row recorded."""
-    budget = int(round(args.query_budget * 1e6))
+    budget = round(args.query_budget * 1e6)
     if budget < 1:
         raise UserError(f"--query_budget must be at least one image (1e-06), got {args.query_budget:g}")
     stage = AttackStage(args, "knockoff", budget, "knockoff-state", "" if args.pool == args.dataset else args.pool)

@@ -21,6 +21,7 @@ from misleader import checkpoint, runlock
 from misleader.data import batches, dataset_info, load_dataset, num_batches
 from misleader.models import create_model
 from misleader.progress import progress_bar
+from misleader.runlog import RunLog, stage_run_name
 from misleader.runtime import setup
 from misleader.train import check_finite
 
@@ -112,6 +113,15 @@ def train_model(args, kind, train):
     model = create_model(args.model, info.num_classes, info.in_channels)  # seeded by setup
     data = load_dataset(args.dataset, args.data_root, args.val_size, args.split_seed, device)
     train(args, run, info, device, amp, fmt, model.to(device, memory_format=fmt), data)
+
+
+def epoch_run(run, model, stateful, aug, args, stage):
+    """The EpochLoop of a stage that trains ``model`` over a data split (augmentation ``aug``, data order seeded by
+    --seed), resumed where the run's state left it, and the run's log under ``stage``: (loop, log)."""
+    loop = EpochLoop(run, model, stateful, aug.g, torch.Generator().manual_seed(args.seed))
+    resumed = loop.resume()
+    log = RunLog(args.log_dir, stage, stage_run_name(args), vars(args), resume_step=loop.epoch if resumed else None)
+    return loop, log
 
 
 class EpochLoop:
