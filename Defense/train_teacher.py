@@ -53,7 +53,8 @@ def family_defaults(args, info):
     args.batch_size = args.batch_size or bs
     args.epochs = args.epochs if args.epochs is not None else ep
     args.scheduler = args.scheduler or sched
-    given, args.milestones = args.milestones is not None, args.milestones if args.milestones is not None else list(ms)
+    given = args.milestones is not None
+    args.milestones = args.milestones if given else list(ms)
     if given and args.scheduler == "multistep" and any(not 1 <= m <= args.epochs for m in args.milestones):
         raise UserError(f"--milestones must be epochs from 1 to --epochs {args.epochs}, got "
                         f"{' '.join(map(str, args.milestones))} (a milestone outside them never divides the rate)")

@@ -124,8 +124,7 @@ class AttackStage:
         """--resume 1 on a run that finished (output saved, row written, no state left): say so. A finished clone
         whose row is not in this --results file (another CSV holds it) is not run again over it: UserError."""
         a = self.args
-        if a.resume and os.path.isfile(self.out) and not os.path.isfile(self.run.file) and \
-                not has_row(a.results, self.out):
+        if self.run.finished() and not has_row(a.results, self.out):
             raise UserError(f"{self.out} is a finished run whose row is not in {a.results}: give --results the CSV "
                             "that holds it, or delete the clone (or pass --resume 0) to run it again")
         return self.run.already_done(lambda: has_row(a.results, self.out), "repeat")

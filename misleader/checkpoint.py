@@ -170,13 +170,12 @@ def check_flags(state, path, args):
     ``path`` was saved with. A state file written before flags were recorded is taken as it is; a flag it does
     not know (added since) is not compared."""
     saved = state.get("flags")
-    if saved is None:
-        return
-    for key, now in run_flags(args).items():
-        if key in saved and saved[key] != now:
-            raise UserError(f"{path} was saved by a run with --{key} {_flag_text(saved[key])}, this run has --{key} "
-                            f"{_flag_text(now)}; resume with the flags the run started with, or delete the state "
-                            f"file to start over")
+    changed = None if saved is None else _changed_flag(saved, args)
+    if changed:
+        key, then, now = changed
+        raise UserError(f"{path} was saved by a run with --{key} {_flag_text(then)}, this run has --{key} "
+                        f"{_flag_text(now)}; resume with the flags the run started with, or delete the state "
+                        f"file to start over")
 
 
 def check_done_flags(ck, path, args):
@@ -184,12 +183,22 @@ def check_done_flags(ck, path, args):
     the one the run that made ``path`` had (its checkpoint's ``args``), so a changed setting (a config's epochs, a
     grid entry's flags under the same name) is never answered with an output made under the old one. Flags the
     checkpoint does not record (added since) are not compared."""
-    saved = {k: list(v) if isinstance(v, tuple) else v for k, v in (ck.get("args") or {}).items()}
+    changed = _changed_flag({k: list(v) if isinstance(v, tuple) else v for k, v in (ck.get("args") or {}).items()},
+                            args)
+    if changed:
+        key, then, now = changed
+        raise UserError(f"{path} was made by a run with --{key} {_flag_text(then)}, this run has --{key} "
+                        f"{_flag_text(now)}; --resume 1 does not take it for this run: delete it to run again "
+                        "with these flags, or give the flags it was made with")
+
+
+def _changed_flag(saved, args):
+    """The first defining flag of ``args`` that ``saved`` records with another value: (name, saved, now), or None.
+    A flag ``saved`` does not know (added since) is not compared."""
     for key, now in run_flags(args).items():
         if key in saved and saved[key] != now:
-            raise UserError(f"{path} was made by a run with --{key} {_flag_text(saved[key])}, this run has --{key} "
-                            f"{_flag_text(now)}; --resume 1 does not take it for this run: delete it to run again "
-                            "with these flags, or give the flags it was made with")
+            return key, saved[key], now
+    return None
 
 
 def _flag_text(value):

@@ -57,11 +57,14 @@ class RunState:
         self.file = checkpoint.state_path(out)
         self.save_every, self.last_save, self.stop = args.save_every_min * 60, time.time(), None
 
+    def finished(self):
+        """--resume 1 and the run's output exists with no state file left."""
+        return bool(self.args.resume) and os.path.isfile(self.out) and not os.path.isfile(self.file)
+
     def already_done(self, recorded=None, what="retrain"):
-        """--resume 1 on a run whose output exists with no state file left (and ``recorded()``, if given): say
-        so; the caller returns. An output made with other defining flags is a UserError, never taken as done."""
-        done = bool(self.args.resume) and os.path.isfile(self.out) and not os.path.isfile(self.file) and \
-            (recorded is None or recorded())
+        """--resume 1 on a finished run (and ``recorded()``, if given): say so; the caller returns. An output made
+        with other defining flags is a UserError, never taken as done."""
+        done = self.finished() and (recorded is None or recorded())
         if done:
             checkpoint.check_done_flags(checkpoint.load(self.out), self.out, self.args)
             print(f"already done: {self.out} exists (--resume 1 does not {what} it)")
