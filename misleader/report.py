@@ -597,10 +597,11 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
         fmt = torch.channels_last if run_args.get("channels_last", 1) else torch.contiguous_format
         dkey = (name, run_args.get("val_size"), run_args.get("split_seed", 0))  # the run's validation split
         if dkey not in datasets:
-            data = load_dataset(name, data_root, dkey[1], dkey[2], dev)
-            datasets[dkey] = (data, data.normalize(data.test.x))
-        data, test_x = datasets[dkey]
-        test_x = test_x.contiguous(memory_format=fmt)  # as AttackStage lays it out
+            datasets[dkey] = (load_dataset(name, data_root, dkey[1], dkey[2], dev), {})
+        data, test_xs = datasets[dkey]
+        if fmt not in test_xs:  # laid out as AttackStage lays it out, once per split and format
+            test_xs[fmt] = data.normalize(data.test.x).contiguous(memory_format=fmt)
+        test_x = test_xs[fmt]
         y = data.test.y
         student = create_model(ck["arch"], ck["num_classes"], ck["in_channels"])
         student.load_state_dict(ck["state_dict"])

@@ -19,9 +19,10 @@ def pick_device(name="auto"):
         device = torch.device(name)
     except RuntimeError as e:
         raise UserError(f"bad --device '{name}': {e}") from e
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                        f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()  # asked once
+        if device.index >= count:
+            raise UserError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return device
 
 
