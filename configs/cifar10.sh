@@ -20,3 +20,6 @@ STUDENTS=(resnet18_8x)
 QUERY_BUDGET=20
 DFME_BATCH=256
 DFME_ARGS=(--steps 0.1 0.3 0.5)  # DFME's CIFAR-10 schedule
+# Knockoff in distribution (the victim's training images) and out of it (another dataset's natural images,
+# procedural gratings)
+COMPARE_POOLS=(cifar10 cifar100 synthetic)

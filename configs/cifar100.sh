@@ -2,3 +2,4 @@
 source configs/cifar10.sh
 DATASET=cifar100
 QUERY_BUDGET=200
+COMPARE_POOLS=(cifar100 cifar10 synthetic)

@@ -12,7 +12,7 @@ lists every row).
 import math
 
 from misleader.errors import UserError
-from misleader.results import earlier_value
+from misleader.results import earlier_value, row_name
 
 GENERATOR_ATTACKS = ("dfme", "maze", "disguide")  # the data-free attacks of the DFME grid
 TEACHER = "teacher"
@@ -24,11 +24,14 @@ _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 
 
 def t975(df):
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (beyond 30: a Cornish-Fisher term,
-    within 0.003 of the exact value)."""
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (beyond 30: the first two terms of its
+    expansion in 1/df around the normal quantile z, within 0.0002 of the exact value)."""
     if df < 1:
         raise ValueError("a t interval needs at least 2 values")
-    return _T975[df - 1] if df <= 30 else 1.95996 + 2.37 / df
+    if df <= 30:
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
 
 
 def mean(xs):
@@ -48,7 +51,8 @@ def num(row, col, i, kind=float):
     try:
         return kind(float(value)) if kind is int else kind(value)
     except (TypeError, ValueError):
-        raise UserError(f"results row {i}: column {col} is not a number ({value!r})") from None
+        where = f"results CSV line {row.line}" if getattr(row, "line", None) else f"results row {i}"
+        raise UserError(f"{where}: column {col} is not a number ({value!r})") from None
 
 
 def flag(row, col):
@@ -74,13 +78,15 @@ def settings_items(row):
 
 def paired(by_seed_a, by_seed_b):
     """Per-seed differences a - b over the seeds both have: {n, seeds, mean, std, lo, hi} (std and the interval
-    are None below two seeds), or None without a common seed."""
+    are None below two seeds; ``unpaired``: the seeds only one side has, left out), or None without a common
+    seed."""
     seeds = sorted(set(by_seed_a) & set(by_seed_b))
     if not seeds:
         return None
     d = [by_seed_a[s] - by_seed_b[s] for s in seeds]
     n, m = len(d), mean(d)
-    out = {"n": n, "seeds": seeds, "mean": m, "std": None, "lo": None, "hi": None, "diffs": d}
+    out = {"n": n, "seeds": seeds, "mean": m, "std": None, "lo": None, "hi": None, "diffs": d,
+           "unpaired": sorted(set(by_seed_a) ^ set(by_seed_b))}
     if n >= 2:
         sd = std(d)
         half = t975(n - 1) * sd / math.sqrt(n)
@@ -144,7 +150,7 @@ def strongest(rows, victim, names, budget, seed, api_defense="none"):
         if r.get("clone_val_acc"):
             val[name] = num(r, "clone_val_acc", i)
             if math.isnan(val[name]):
-                raise UserError(f"results row {i}: clone_val_acc is nan (a run without a validation split, "
+                raise UserError(f"{row_name(rows, i)}: clone_val_acc is nan (a run without a validation split, "
                                 "--val_size 0): the strongest setting is chosen on validation accuracy")
     missing = [n for n in names if n not in val]
     if missing:
@@ -160,7 +166,7 @@ def _seed_rows(rows, idx):
         s = num(rows[i], "seed", i, int)
         if s in out:
             j = out[s]
-            raise UserError(f"results rows {j} and {i}: two runs of one attack ({label(rows[i])}, "
+            raise UserError(f"{row_name(rows, j, i)}: two runs of one attack ({label(rows[i])}, "
                             f"{rows[i].get('attack')} {field(rows[i], 'setting')}".rstrip() +
                             f", {rows[i].get('query_budget')} queries) on seed {s}; remove the one that should not "
                             "count from the results CSV")
@@ -178,7 +184,7 @@ def _one_attack(rows, *groups):
         for col in ("attack", "settings", "query_range", "student_model"):
             a, b = field(rows[j], col), field(rows[k], col)
             if a != b:
-                raise UserError(f"results rows {j} and {k} are compared as one attack but differ in {col} "
+                raise UserError(f"{row_name(rows, j, k)} are compared as one attack but differ in {col} "
                                 f"('{a}' against '{b}'): give one of them another setting name, or rerun it")
 
 
@@ -367,6 +373,8 @@ def headline(rows, grid_names=None, aware=(), variant_grid=()):
                  "served_acc": acc[key][1],
                  # the grid's strongest (so far, while incomplete) when the headline's runs are another setting's
                  "final_pending": best if not search and best not in (None, name) else None,
+                 "final_pending_seeds": len([i for i in _generator_rows(rows, key) if field(rows[i], "setting") == best
+                                             and num(rows[i], "query_budget", i, int) == budget]),
                  "served_l1": acc[key][2], "utility_cost": acc[teacher][1] - acc[key][1], "dfme_setting": name,
                  "dfme_budget": budget, "dfme_attack": rows[idx[0]]["attack"] if idx else None, "dfme": d,
                  "dfme_rows": idx, "teacher_rows": t_idx, "teacher_setting": t_name, "dfme_protection": protection,
@@ -464,11 +472,15 @@ def _clone_text(by_seed):
 
 
 def protection_text(p):
+    """A protection as 'mean ± std [95 % interval] (seeds)'; seeds that only one side has are named."""
     if p is None:
         return "-"
+    left = p.get("unpaired") or []
+    left = f"; seed{'s' if len(left) > 1 else ''} {', '.join(map(str, left))} unpaired" if left else ""
     if p["std"] is None:
-        return f"{100 * p['mean']:+.2f} (1 seed)"
-    return f"{100 * p['mean']:+.2f} ± {100 * p['std']:.2f} [{100 * p['lo']:+.2f}, {100 * p['hi']:+.2f}] ({p['n']})"
+        return f"{100 * p['mean']:+.2f} (1 seed{left})"
+    return (f"{100 * p['mean']:+.2f} ± {100 * p['std']:.2f} [{100 * p['lo']:+.2f}, {100 * p['hi']:+.2f}] "
+            f"({p['n']}{left})")
 
 
 def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
@@ -495,8 +507,10 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
             (f" ({'search' if e['search'] else 'grid'} incomplete, {len(e['grid_missing'])} setting(s) "
              f"to run: {' '.join(e['grid_missing'])}" + ("" if e["final_pending"] else "; best on validation so far")
              + ")" if e["grid_missing"] else "") + \
-            (f" (the grid's strongest{' so far' if e['grid_missing'] else ''} is now {e['final_pending']}: its runs "
-             "at this budget are still to run)" if e["final_pending"] else "")
+            (f" (the grid's strongest{' so far' if e['grid_missing'] else ''} is now {e['final_pending']}: " +
+             (f"{e['final_pending_seeds']} seed{'s' if e['final_pending_seeds'] > 1 else ''} of it at this budget "
+              f"so far, against {name}'s {len(e['dfme_rows'])})" if e["final_pending_seeds"] else
+              "its runs at this budget are still to run)") if e["final_pending"] else "")
         cells = [e["victim"], f"{100 * e['served_acc']:.2f}", f"{100 * e['utility_cost']:.2f}"] + \
             ([f"{e['served_l1']:.4f}"] if served else []) + \
             [attack, _clone_text(e["dfme"]),
@@ -530,6 +544,9 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
                   "with another knob) with MISLEADER's strongest setting and those of VARIANT_GRID, likewise. "
                   "Strongest of all: of the victim's attacks above, the one whose clones score highest on the "
                   "validation split, against the bare teacher's strongest (on validation) of the same attacks at the "
-                  "same budgets (paired seeds); its protection is the one the target of 20 points at 2 points of "
-                  "utility cost is about."]
+                  "same budgets, differenced seed by seed; its protection is the one the target of 20 points at 2 "
+                  "points of utility cost is about. Where the two strongest are different attacks (the cell names "
+                  "the teacher's), a seed pairs two independent runs: the interval is still valid (the differences "
+                  "are independent across seeds) but shares no randomness between the two, so it is no narrower "
+                  "than an unpaired one would be."]
     return lines

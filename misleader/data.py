@@ -11,8 +11,10 @@ Where the files are looked for, in order:
 If all fail, a UserError names the files and the folder to put them in.
 """
 
+import contextlib
 import math
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,21 +99,30 @@ def _tv_class(name):
 
 def _unpack_idx(raw, sources):
     """Make raw/ hold the four uncompressed IDX files torchvision reads, unpacking .gz copies found in raw/ or
-    in ``sources``; False when some file is nowhere."""
-    from torchvision.datasets.utils import extract_archive
+    in ``sources``; False when some file is nowhere. Each file is unpacked beside its final name and renamed
+    into place once whole: a cut .gz is named and leaves nothing behind that a later run would read first."""
+    import gzip
+    import zlib
 
     for stem in _IDX_STEMS:
-        if os.path.isfile(os.path.join(raw, stem)):
+        dst = os.path.join(raw, stem)
+        if os.path.isfile(dst):
             continue
         gz = next((os.path.join(f, stem + ".gz") for f in [raw, *sources] if os.path.isfile(os.path.join(f, stem + ".gz"))),
                   None)
         if gz is None:
             return False
+        part = f"{dst}.part-{os.getpid()}"
         try:
             os.makedirs(raw, exist_ok=True)
-            extract_archive(gz, raw)
-        except OSError as e:
-            raise UserError(f"cannot unpack {gz} into {raw}: {e.strerror or e}") from e
+            with gzip.open(gz, "rb") as src, open(part, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.replace(part, dst)
+        except (OSError, EOFError, zlib.error) as e:
+            with contextlib.suppress(OSError):
+                os.remove(part)
+            why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise UserError(f"cannot unpack {gz} into {raw} ({why}): replace the .gz file") from e
     return True
 
 
@@ -139,8 +150,11 @@ def _read_local(name, root):
             raise UserError(f"dataset '{name}' in {r} cannot be read: {e}") from e
         except ImportError as e:
             raise UserError(f"reading {name} needs {e.name}: pip install {e.name}") from e
-        except Exception as e:  # a truncated or foreign file
-            raise UserError(f"dataset '{name}' in {r} is corrupt ({type(e).__name__}: {e}); replace its files") from e
+        except Exception as e:  # a truncated or foreign file: name the folder of the files read
+            where = raw if name in ("mnist", "fashionmnist") else \
+                r if name == "svhn" else os.path.join(r, cls.base_folder)
+            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            raise UserError(f"dataset '{name}' in {where} is corrupt ({why}); replace its files") from e
         out = []
         for d in parts:
             out += [np.ascontiguousarray(layout(d)), np.asarray(getattr(d, "labels", getattr(d, "targets", None)),

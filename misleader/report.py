@@ -22,6 +22,7 @@ from misleader.cli import Parser, main_wrapper
 from misleader import comparison
 from misleader.comparison import field as _field, flag as _flag, mean as _mean, num as _num, std as _std
 from misleader.errors import UserError
+from misleader.results import Row
 
 # What the report reads; verify also needs the checkpoints.
 REPORT_COLUMNS = ["dataset", "victim_acc", "query_budget", "queries_used", "clone_acc", "clone_best_acc", "fidelity",
@@ -41,10 +42,19 @@ def load_results(path, required=REPORT_COLUMNS):
     """Rows of a results CSV as dicts; a missing file, no data rows or missing columns is a UserError."""
     if not os.path.isfile(path):
         raise UserError(f"results file not found: {path} (test.sh / DFME/dfme.py writes one row per attack)")
+    rows = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
-        rows = list(reader)
+        for r in reader:
+            if None in r:  # DictReader puts a long line's extra fields under None
+                raise UserError(f"results file {path}: line {reader.line_num} has {len(r[None])} more field(s) than "
+                                "the header (a damaged line): mend or remove it")
+            if None in r.values():
+                raise UserError(f"results file {path}: line {reader.line_num} has fewer fields than the header "
+                                "(a damaged line): mend or remove it")
+            rows.append(Row(r))
+            rows[-1].line = reader.line_num
     if not header or not rows:
         raise UserError(f"results file {path} has no data rows")
     missing = [c for c in required if c not in header]
@@ -77,6 +87,11 @@ def one_checkpoint_per_victim(rows, path):
                             f"accuracies {a} and {b}: two checkpoints of one victim (retrained, or made on another "
                             "machine), whose clones are never averaged or paired; give one set its own CSV "
                             "(RESULTS=results/mine.csv bash test.sh, then bash report.sh --csv results/mine.csv)")
+
+
+def _where(row, i):
+    """A row's name in messages: its line in the results CSV (load_results keeps it), else its position."""
+    return f"line {row.line}" if getattr(row, "line", None) else f"row {i}"
 
 
 def filter_config(rows, config, path="results"):
@@ -146,10 +161,8 @@ def _groups(rows):
 
 
 def summarize(rows):
-    """One dict per victim group, in first-appearance order; accuracies are fractions as in the CSV.
-
-    query_budget is an int when every run of the group had the same budget, else the sorted distinct budgets.
-    """
+    """One dict per victim group, in first-appearance order; accuracies are fractions as in the CSV (the query
+    budget is part of a group's key: a group is one budget)."""
     groups = _groups(rows)
     names = _display_names(list(groups))
     out = []
@@ -158,7 +171,6 @@ def summarize(rows):
                for c in ("victim_acc", "clone_acc", "clone_best_acc", "fidelity", "queries_used")}
         for c in ("served_acc", "served_l1"):  # older rows: the raw model's answers (results.EARLIER_VALUES)
             col[c] = [_num({c: _field(r, c)}, c, i) for i, r in members]
-        budgets = sorted({_num(r, "query_budget", i, int) for i, r in members})
         k = dict(zip(GROUP_FIELDS, key))
         out.append({
             "victim": names[key], "dataset": k["dataset"], "label": k["label"],
@@ -169,7 +181,7 @@ def summarize(rows):
             "clone_acc_mean": _mean(col["clone_acc"]), "clone_acc_std": _std(col["clone_acc"]),
             "clone_best_mean": _mean(col["clone_best_acc"]), "fidelity_mean": _mean(col["fidelity"]),
             "queries_used_mean": _mean(col["queries_used"]),
-            "query_budget": budgets[0] if len(budgets) == 1 else budgets,
+            "query_budget": _num(members[0][1], "query_budget", members[0][0], int),  # a group is one budget
             "n_seeds": len(members), "seeds": sorted(_num(r, "seed", i, int) for i, r in members),
         })
     return out
@@ -226,10 +238,6 @@ def _pct(x):
     return f"{100 * x:.2f}"
 
 
-def _budget_text(b):
-    return str(b) if isinstance(b, int) else ", ".join(str(x) for x in b)
-
-
 def _table(summary):
     """The results table; with any API defense among the victims, also the utility of the served answers."""
     served = any(s["api_defense"] != "none" for s in summary)
@@ -245,7 +253,7 @@ def _table(summary):
             clone += f" ± {_pct(s['clone_acc_std'])}"
         cells = [s["victim"], _pct(s["victim_acc"]), clone,
                  _pct(s["clone_best_mean"]), _pct(s["fidelity_mean"]),
-                 f"{round(s['queries_used_mean'])} / {_budget_text(s['query_budget'])}", f"{s['n_seeds']} ({seeds})"]
+                 f"{round(s['queries_used_mean'])} / {s['query_budget']}", f"{s['n_seeds']} ({seeds})"]
         if served:
             cells[2:2] = [_pct(s["served_acc"]), f"{s['served_l1']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -468,7 +476,7 @@ def _build_report(rows, csv_path, out_dir, shown_dir, config, grid_names, aware,
             run_dir = _resolve(r.get("run_dir"), bases)
             curve = read_curve(run_dir)
             if curve is None:
-                missing.append((i, s["victim"], r.get("seed", ""), r.get("run_dir") or "(empty)"))
+                missing.append((_where(r, i), s["victim"], r.get("seed", ""), r.get("run_dir") or "(empty)"))
             else:
                 runs.append(curve)
         curves.append((s["victim"], runs))
@@ -526,15 +534,11 @@ def _build_report(rows, csv_path, out_dir, shown_dir, config, grid_names, aware,
         lines += ["", ("Victim test acc is the model's own; served test acc is that of the answers its API serves "
                        "under the API defense (--api_defense), and served L1 the mean L1 distance of those answers "
                        "from the model's probabilities on the test set. Fidelity is to the model's own top-1.")]
-    mixed = [s["victim"] for s in summary if not isinstance(s["query_budget"], int)]
-    if mixed:
-        lines += ["", f"Note: runs with different query budgets are averaged together for: {', '.join(mixed)} "
-                      "(filter with --config)."]
     lines += ["", f"![clone accuracy vs queries]({PLOT_FILES[0]})", "",
               f"![utility vs protection]({PLOT_FILES[1]})", ""]
     if missing:
         lines += ["Runs without a metrics.csv (left out of the accuracy-vs-queries plot):", ""]
-        lines += [f"- row {i}: {name}, seed {seed}: `{d}`" for i, name, seed, d in missing]
+        lines += [f"- {w}: {name}, seed {seed}: `{d}`" for w, name, seed, d in missing]
         lines.append("")
     with open(md, "w") as f:
         f.write("\n".join(lines))
@@ -574,7 +578,7 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
         if checkpoint.is_user_model(spec):  # FILE.py:FUNCTION: the file must be there
             file = _resolve(spec.rpartition(":")[0], bases)
             found["victim_path"] = f"{file}:{spec.rpartition(':')[2]}" if file else None
-        absent += [f"row {i} {c} {r.get(c) or '(empty)'}" for c, p in found.items() if p is None]
+        absent += [f"{_where(r, i)} {c} {r.get(c) or '(empty)'}" for c, p in found.items() if p is None]
         located.append(found)
     if absent:
         raise UserError(f"{len(absent)} checkpoint(s) missing, first: {absent[0]}")
@@ -663,7 +667,7 @@ def format_verify(rows, results):
     lines = []
     for i, checks in by_row.items():
         r = rows[i]
-        who = f"row {i} {r['dataset']} {r.get('label') or r.get('victim', '')} seed {r['seed']}"
+        who = f"{_where(r, i)} {r['dataset']} {r.get('label') or r.get('victim', '')} seed {r['seed']}"
         bad = [c for c in checks if not c[3]]
         if bad:
             lines.append(f"{who}: MISMATCH " + ", ".join(f"{f} csv {_val(f, c)} recomputed {_val(f, v)}" for f, c, v, _ in bad))

@@ -30,6 +30,21 @@ EARLIER_VALUES = {"query_range": "tanh", "settings": "", "api_defense": "none",
                   "clone_val_acc": ""}
 
 
+class Row(dict):
+    """A results row with the line of the CSV file it was read from (``line``), so that a message can name it."""
+
+    line = None
+
+
+def row_name(rows, *idx):
+    """How a message names rows ``idx`` of ``rows``: their lines in the results CSV when they were read with
+    their line numbers (report.load_results), else their positions in ``rows``."""
+    lines = [getattr(rows[i], "line", None) for i in idx]
+    if None in lines:
+        return f"results row{'s' if len(idx) > 1 else ''} " + " and ".join(map(str, idx))
+    return f"results CSV line{'s' if len(idx) > 1 else ''} " + " and ".join(map(str, lines))
+
+
 def earlier_value(column, row):
     """The value of ``column`` for a row written before the column existed."""
     value = EARLIER_VALUES.get(column, "")
@@ -135,8 +150,12 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+TABLE_COLUMNS = ("victim", "victim_acc", "student_model", "clone_acc", "clone_best_acc", "fidelity", "queries_used",
+                 "query_budget", "seed")
+
+
 def format_table(rows):
-    """A small fixed-width table of attack rows for the console."""
+    """A small fixed-width table of attack rows (with TABLE_COLUMNS) for the console."""
     head = ["victim", "victim_acc", "student", "clone_acc", "best", "fidelity", "queries_used", "seed"]
     body = [[r["victim"], r["victim_acc"], r["student_model"], r["clone_acc"], r["clone_best_acc"], r["fidelity"],
              f"{r['queries_used']}/{r['query_budget']}", r["seed"]] for r in rows]
@@ -158,6 +177,11 @@ if __name__ == "__main__":
     for path in [a.csv] + ([a.since] if a.since else []):
         if not os.path.isfile(path):
             p.exit(2, f"error: {path} is not a file\n")
+    with open(a.csv, newline="") as f:
+        header = csv.DictReader(f).fieldnames or []
+    missing = [c for c in TABLE_COLUMNS if c not in header]
+    if missing:
+        p.exit(2, f"error: {a.csv} lacks column(s): {', '.join(missing)}\n")
     rows = read_rows(a.csv)[a.skip:]
     if a.since:
         t0 = os.path.getmtime(a.since)

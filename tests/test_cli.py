@@ -282,6 +282,16 @@ def test_the_results_table_of_a_missing_file_is_one_line():
     assert "nope.csv is not a file" in _one_error_line(proc)
 
 
+def test_the_results_table_of_a_csv_without_its_columns_is_one_line(tmp_path):
+    """A CSV that lacks a column the table shows (another tool's CSV, an old header) ended in a KeyError
+    traceback."""
+    (tmp_path / "r.csv").write_text("victim,seed\nteacher,0\n")
+    proc = subprocess.run([sys.executable, "-m", "misleader.results", str(tmp_path / "r.csv")], capture_output=True,
+                          text=True, cwd=REPO, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "lacks column(s): victim_acc, student_model, clone_acc" in _one_error_line(proc)
+
+
 @pytest.mark.parametrize("milestones", [["-5"], ["2", "9"]])
 def test_a_teacher_milestone_outside_its_epochs_is_refused(call, tmp_path, milestones):
     """A multistep milestone below 1 or past --epochs never divides the rate: it was silently ignored."""

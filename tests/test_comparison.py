@@ -35,7 +35,9 @@ def _compare_list(folder, config, phase, timeout=120):
 
 def test_t_quantiles():
     assert comparison.t975(1) == 12.706 and comparison.t975(2) == 4.303 and comparison.t975(30) == 2.042
-    assert comparison.t975(60) == pytest.approx(2.000, abs=0.003)  # exact 2.0003
+    # beyond the table: exact values 2.0395 (31), 2.0003 (60), 1.9840 (100); the old 1/df term was 0.0031 off at 31
+    for df, exact in ((31, 2.03951), (60, 2.00030), (100, 1.98397)):
+        assert comparison.t975(df) == pytest.approx(exact, abs=0.0002)
     with pytest.raises(ValueError):
         comparison.t975(0)
 
@@ -51,6 +53,9 @@ def test_paired_protection_by_hand():
     one = comparison.paired({0: 0.7}, {0: 0.4})
     assert one["mean"] == pytest.approx(0.3) and one["std"] is None and one["lo"] is None
     assert comparison.paired({0: 0.7}, {1: 0.4}) is None
+    # the seeds left out are named beside the interval: the victim's clone column averages seed 3 too
+    assert p["unpaired"] == [3] and comparison.protection_text(p).endswith("(3; seed 3 unpaired)")
+    assert comparison.protection_text(one) == "+30.00 (1 seed)"
 
 
 def test_strongest_is_chosen_on_validation_not_test():
@@ -211,6 +216,11 @@ def test_an_incomplete_grid_whose_best_so_far_lacks_headline_runs_says_so():
     line = comparison.headline_table(rows, ["a", "b", "c"])[2]
     assert "(grid incomplete, 1 setting(s) to run: c) (the grid's strongest so far is now b: its runs at this " \
            "budget are still to run)" in line and "best on validation so far" not in line
+    # once b has a 2M run, the headline keeps a (more seeds) and says how far b has come, not that it has none
+    more = rows + [_row("teacher", setting="b", budget=2000000, seed=0, val="0.8", clone="0.8")]
+    assert comparison.headline(more, ["a", "b", "c"])[0]["dfme_setting"] == "a"
+    line = comparison.headline_table(more, ["a", "b", "c"])[2]
+    assert "(the grid's strongest so far is now b: 1 seed of it at this budget so far, against a's 3)" in line
     # a victim's 2M protection is against the teacher's a runs: said; one at 1M is against the teacher's b: not
     rows += [*[_row("m", setting="a", budget=2000000, seed=s, val="0.5", clone="0.6") for s in (0, 1, 2)],
              _row("w", setting="a", val="0.5", clone="0.6")]
@@ -651,3 +661,24 @@ def test_the_report_reads_the_comparisons_own_csv_and_keeps_the_committed_report
     assert own.startswith("# then the report: bash report.sh --csv results/results.csv --config smoke") \
         and "--out" not in own
     assert "report.sh" not in _compare_list(tmp_path, "smoke", "grid").stdout
+
+
+@pytest.mark.parametrize("config,pools", [("cifar10", {"cifar10", "cifar100", "synthetic"}),
+                                          ("cifar100", {"cifar100", "cifar10", "synthetic"}),
+                                          ("mnist", {"mnist", "synthetic"})])
+def test_reference_configs_attack_with_pools_in_and_out_of_distribution(config, pools):
+    """The CIFAR configs ran Knockoff on the victim's own training images only: no out-of-distribution pool."""
+    proc = subprocess.run(["bash", "compare.sh", "--list", "grid"], cwd=REPO, env={**os.environ, "CONFIG": config},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    used = {ln.split("--pool ")[1].split()[0] for ln in proc.stdout.splitlines() if "DFME/knockoff.py" in ln}
+    assert used == pools
+
+
+def test_the_design_config_runs_every_generator_at_the_reference_width():
+    """configs/fashionmnist_design.sh says it keeps DFME's 64-wide generator; its DisGUIDE runs inherited
+    fashionmnist's --ngf 32."""
+    proc = subprocess.run(["bash", "compare.sh", "--list", "grid"], cwd=REPO,
+                          env={**os.environ, "CONFIG": "fashionmnist_design"}, capture_output=True, text=True, timeout=60)
+    attacks = [ln for ln in proc.stdout.splitlines() if "DFME/dfme.py" in ln or "DFME/disguide.py" in ln]
+    assert any("DFME/disguide.py" in ln for ln in attacks) and not any("--ngf" in ln for ln in attacks)

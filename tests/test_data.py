@@ -285,6 +285,84 @@ def test_idx_reader_tiny_mnist(tmp_path, monkeypatch, gz):
     assert sorted(seen) == list(range(20))
 
 
+def _patterned(n, k0):
+    """n 28x28 images, pixel (r, c) of image k = (r * 28 + c + k0 + 7 k) mod 256: a transposed, flipped or
+    shifted reading changes them (a constant image survives all three)."""
+    r, c = np.meshgrid(np.arange(28), np.arange(28), indexing="ij")
+    return np.stack([(r * 28 + c + k0 + 7 * k) % 256 for k in range(n)]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_images_are_read_pixel_for_pixel(tmp_path, monkeypatch, gz):
+    monkeypatch.setenv("MISLEADER_OFFLINE", "1")
+    folder = str(tmp_path / "MNIST" / "raw")
+    tr, te = _patterned(6, 0), _patterned(3, 100)
+    _write_idx(folder, "train-images-idx3-ubyte", tr, gz)
+    _write_idx(folder, "train-labels-idx1-ubyte", np.arange(6) % 10, gz)
+    _write_idx(folder, "t10k-images-idx3-ubyte", te, gz)
+    _write_idx(folder, "t10k-labels-idx1-ubyte", np.arange(3), gz)
+    xtr, _, xte, _ = D.read_raw("mnist", str(tmp_path))
+    assert np.array_equal(xtr[:, 0], tr) and np.array_equal(xte[:, 0], te)
+
+
+def test_a_truncated_gz_is_named_and_leaves_no_stale_file(tmp_path, monkeypatch):
+    """A cut .gz raised EOFError (a traceback) and left a half-written IDX file that every later run read first,
+    so replacing the .gz, as the message said, did not help."""
+    monkeypatch.setenv("MISLEADER_OFFLINE", "1")
+    folder = tmp_path / "MNIST" / "raw"
+    tr = _patterned(6, 0)
+    _write_idx(str(folder), "train-images-idx3-ubyte", tr, True)
+    _write_idx(str(folder), "train-labels-idx1-ubyte", np.arange(6) % 10, True)
+    _write_idx(str(folder), "t10k-images-idx3-ubyte", _patterned(3, 100), True)
+    _write_idx(str(folder), "t10k-labels-idx1-ubyte", np.arange(3), True)
+    gz = folder / "train-images-idx3-ubyte.gz"
+    whole = gz.read_bytes()
+    gz.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError, match="cannot unpack .*train-images-idx3-ubyte.gz"):
+        D.read_raw("mnist", str(tmp_path))
+    assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".gz")) == []
+    gz.write_bytes(whole)  # the user replaces the file: the next run reads it
+    assert np.array_equal(D.read_raw("mnist", str(tmp_path))[0][:, 0], tr)
+
+
+def test_a_corrupt_dataset_names_the_folder_of_its_files(tmp_path, monkeypatch):
+    """The message named the data root, not the folder holding the broken files (MNIST/raw, the CIFAR batches)."""
+    monkeypatch.setenv("MISLEADER_OFFLINE", "1")
+    folder = tmp_path / "MNIST" / "raw"
+    for stem in D._IDX_STEMS:
+        _write_idx(str(folder), stem, np.zeros((2, 28, 28) if "images" in stem else (2,)), False)
+    (folder / "train-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x07")  # a header cut short
+    with pytest.raises(UserError) as err:
+        D.read_raw("mnist", str(tmp_path))
+    assert f"dataset 'mnist' in {folder} is corrupt (" in str(err.value) and "\n" not in str(err.value)
+    cifar = tmp_path / "cifar-10-batches-py"
+    cifar.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (cifar / name).write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match=f"dataset 'cifar10' in {cifar} is corrupt"):
+        D.read_raw("cifar10", str(tmp_path))
+
+
+def test_cifar100_pickles_are_read_with_fine_labels(tmp_path, monkeypatch):
+    import pickle
+
+    monkeypatch.setenv("MISLEADER_OFFLINE", "1")
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    parts = {}
+    for name, n in (("train", 6), ("test", 4)):
+        data = rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)
+        fine, coarse = rng.integers(0, 100, size=n).tolist(), rng.integers(0, 20, size=n).tolist()
+        parts[name] = (data, fine)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "fine_labels": fine, "coarse_labels": coarse}, f)
+    xtr, ytr, xte, yte = D.read_raw("cifar100", str(tmp_path))
+    assert np.array_equal(xtr, parts["train"][0].reshape(6, 3, 32, 32))
+    assert np.array_equal(xte, parts["test"][0].reshape(4, 3, 32, 32))
+    assert ytr.tolist() == parts["train"][1] and yte.tolist() == parts["test"][1] and ytr.dtype == np.int64
+
+
 @pytest.mark.parametrize("name,needle", [
     ("mnist", "train-images-idx3-ubyte"),
     ("cifar10", "cifar-10-batches-py"),

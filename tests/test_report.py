@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from misleader import checkpoint, report
+from misleader import checkpoint, comparison, report
 from misleader.data import dataset_info, load_dataset
 from misleader.errors import UserError
 from misleader.models import create_model
@@ -98,8 +98,10 @@ def test_write_report_table_and_plots(results, tmp_path):
     assert "| teacher (probs_as_logits) | 90.00 | 20.00 | 25.00 | 21.00 | 150000 / 200000 | 1 (0) |" in lines
     assert sum(1 for line in lines if line.startswith("| ")) == 4  # header + 3 victims
     assert "gone" in md  # the missing run_dir is noted
-    # the headline: the ensemble's paired protection on its one seed (0): 0.50 - 0.30 = +20 points
-    assert "| ensemble | 88.00 | 2.00 | dfme config default, 200,000 queries | 30.00 (1 seed) | +20.00 (1 seed) |" in md
+    # the headline: the ensemble's paired protection on its one seed (0): 0.50 - 0.30 = +20 points; the teacher's
+    # seeds 1 and 2 have no partner and are named
+    assert ("| ensemble | 88.00 | 2.00 | dfme config default, 200,000 queries | 30.00 (1 seed) | +20.00 (1 seed; "
+            "seeds 1, 2 unpaired) |") in md
     for name in report.PLOT_FILES:
         data = (out / name).read_bytes()
         assert len(data) > 1024 and data[:8] == PNG_MAGIC
@@ -148,6 +150,27 @@ def test_load_results_errors(tmp_path):
                                                          clone_best_acc=0.5, fidelity=0.5)], cols)
     with pytest.raises(UserError, match="clone_acc, run_dir"):
         report.load_results(partial)
+
+
+def test_load_results_damaged_lines_and_line_numbers(tmp_path):
+    """A line with more or fewer fields than the header is refused with its line number (the report built from
+    it before); a bad value deeper in the comparison names the line of the file, not the row's position among
+    the rows left after --config."""
+    rows = [_row(label="teacher", config="a" if i < 3 else "b", seed=i, victim_acc=0.9, clone_acc=0.5,
+                 clone_best_acc=0.5, fidelity=0.5, attack_path=f"c{i}.pt") for i in range(5)]
+    good = _write_csv(tmp_path / "good.csv", rows)
+    text = Path(good).read_text().splitlines()
+    (tmp_path / "long.csv").write_text("\n".join(text[:-1] + [text[-1] + ",EXTRA"]) + "\n")
+    with pytest.raises(UserError, match="line 6 has 1 more field"):
+        report.load_results(str(tmp_path / "long.csv"))
+    (tmp_path / "short.csv").write_text("\n".join(text[:2] + [text[2].rsplit(",", 2)[0]] + text[3:]) + "\n")
+    with pytest.raises(UserError, match="line 3 has fewer fields"):
+        report.load_results(str(tmp_path / "short.csv"))
+    rows[4]["clone_acc"] = "oops"
+    bad = _write_csv(tmp_path / "bad.csv", rows)
+    kept = report.filter_config(report.load_results(bad), "b", bad)
+    with pytest.raises(UserError, match="results CSV line 6: column clone_acc is not a number"):
+        comparison.headline(kept)
 
 
 def test_cli_missing_csv_one_line_exit_2(tmp_path):
@@ -217,15 +240,16 @@ def test_verify_ok_then_mismatch(tmp_path, capsys):
     assert [(i, f, ok) for i, f, _, _, ok in res if i] == [(1, "queries_used", True), (2, "queries_used", False)]
     assert {f for i, f, *_ in res if i == 0} == {"victim_acc", "clone_acc", "fidelity", "queries_used"}
 
-    # the command line: one line per row, exit code 1 on a mismatch
+    # the command line: one line per row, named by its line in the CSV (the header is line 1), exit code 1 on a
+    # mismatch
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         report.main(["--csv", bad, "--verify", "1"])
     lines = capsys.readouterr().out.splitlines()
     assert e.value.code == 1
-    assert lines[0].startswith("row 0 ") and ": OK" in lines[0]
-    assert lines[1].startswith("row 1 ") and "MISMATCH clone_acc" in lines[1]
-    assert lines[2].startswith("row 2 ") and "MISMATCH queries_used csv 199807 recomputed 199808" in lines[2]
+    assert lines[0].startswith("line 2 ") and ": OK" in lines[0]
+    assert lines[1].startswith("line 3 ") and "MISMATCH clone_acc" in lines[1]
+    assert lines[2].startswith("line 4 ") and "MISMATCH queries_used csv 199807 recomputed 199808" in lines[2]
 
 
 def test_verify_checks_the_validation_accuracy_a_clone_recorded_even_when_its_cell_is_empty(tmp_path):
@@ -256,7 +280,7 @@ def test_verify_names_the_rows_it_checked_even_while_runs_add_rows(tmp_path, mon
         return [dict(row, seed=str(100 + len(reads)))] * (len(reads) - 1) + real(*a, **kw)
     monkeypatch.setattr(report, "load_results", growing)
     report.main(["--csv", path, "--verify", "1"])
-    assert len(reads) == 1 and capsys.readouterr().out.splitlines()[0].startswith("row 0 synthetic teacher seed 3: OK")
+    assert len(reads) == 1 and capsys.readouterr().out.splitlines()[0].startswith("line 2 synthetic teacher seed 3: OK")
 
 
 def test_verify_missing_checkpoint(tmp_path):
