@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from misleader import api_defense, checkpoint, paths  # noqa: E402
-from misleader.cli import Parser, add_common, main_wrapper, tag_type  # noqa: E402
+from misleader.cli import Parser, add_common, main_wrapper, mark_unused, tag_type  # noqa: E402
 from misleader.data import dataset_info, load_dataset  # noqa: E402
 from misleader.errors import UserError  # noqa: E402
 from misleader.evaluate import predict  # noqa: E402
@@ -24,6 +24,7 @@ from misleader.runtime import setup  # noqa: E402
 
 def parse(argv):
     p = add_common(Parser(description=__doc__))
+    mark_unused(p, "seed", "amp", "log_dir", "run_name", "progress")
     p.add_argument("--victim", default="ensemble", help="the served model: ensemble, teacher or a checkpoint path "
                                                         "(as the attacks' --victim)")
     p.add_argument("--ensemble_tag", type=tag_type, default=None,

@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from misleader import checkpoint, paths  # noqa: E402
-from misleader.cli import Parser, add_common, main_wrapper, tag_type  # noqa: E402
+from misleader.cli import Parser, add_common, main_wrapper, mark_unused, tag_type  # noqa: E402
 from misleader.data import dataset_info, load_dataset  # noqa: E402
 from misleader.ensemble import SoftVotingEnsemble, built_from, ensemble_payload  # noqa: E402
 from misleader.runtime import pick_device  # noqa: E402
@@ -20,6 +20,7 @@ from misleader.evaluate import accuracy  # noqa: E402
 
 def parse(argv):
     p = add_common(Parser(description=__doc__))
+    mark_unused(p, "amp", "log_dir", "run_name", "progress")
     p.add_argument("--members", nargs="+", required=True,
                    help="member names, each ARCH or ARCH:TAG, read from Defense/cache/defense/<dataset>-ARCH[-TAG].pt")
     p.add_argument("--teacher_model", default=None, help="teacher architecture, for the comparison line")

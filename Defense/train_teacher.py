@@ -37,7 +37,8 @@ def parse(argv):
     p.add_argument("--scheduler", choices=["none", "multistep", "cosine"], default=None,
                    help="per-step schedule (default none MNIST-like, multistep CIFAR)")
     p.add_argument("--milestones", type=int, nargs="*", default=None,
-                   help="epochs at which multistep divides the rate by 10 (default 80 120)")
+                   help="epochs at which multistep divides the rate by 10 (default 80 120 CIFAR; none MNIST-like, "
+                        "so multistep there needs them)")
     return parse_model_stage(p, argv, paths.teacher_path,
                              "suffix of the output name, e.g. the config name: <dataset>-<arch>-<tag>.pt",
                              "checkpoint path (default Defense/cache/teacher/<dataset>-<arch>[-tag].pt)",
@@ -58,6 +59,9 @@ def family_defaults(args, info):
     if given and args.scheduler == "multistep" and any(not 1 <= m <= args.epochs for m in args.milestones):
         raise UserError(f"--milestones must be epochs from 1 to --epochs {args.epochs}, got "
                         f"{' '.join(map(str, args.milestones))} (a milestone outside them never divides the rate)")
+    if args.scheduler == "multistep" and not args.milestones:
+        raise UserError("--scheduler multistep needs --milestones on this dataset (its family's default has none): "
+                        "without them the rate never changes")
 
 
 def main(argv):

@@ -55,7 +55,8 @@ def add_attack_flags(p, budget_help):
     p.add_argument("--results", default=paths.RESULTS_CSV,
                    help="CSV of the results rows (this run's row replaces an earlier row of the same run)")
     add_run_flags(p, "suffix of the saved attack checkpoint name (DFME/cache/<dataset>-<victim>[+<defense>][+label]"
-                     "[-<attack>[-<pool>]][-<setting>]-<student>-seed<s>-<tag>.pt)")
+                     "[-<attack>[-<pool>]][-<setting>]-<student>-seed<s>[-<tag>].pt; no <attack> part for DFME, "
+                     "-maze for a MAZE-preset run without --setting)")
     return p
 
 
@@ -120,6 +121,13 @@ class AttackStage:
                   f"{self.victim_acc:.4f}), mean L1 served - raw probabilities {self.served_l1:.4f}")
         self.victim = BlackBox(self.victim_model, budget, output=args.victim_output, defense=self.defense)
 
+    def resolved(self):
+        """What this run's flags resolved to, for params.json: device, amp, the victim's file and accuracy, the
+        split's sizes."""
+        return {"device": self.device, "amp": self.amp or "off", "victim_path": self.victim_path,
+                "victim_acc": round(self.victim_acc, 6), "served_acc": round(self.served_acc, 6),
+                "train_size": len(self.data.train), "val_size": len(self.data.val), "test_size": len(self.data.test)}
+
     def already_recorded(self):
         """--resume 1 on a run that finished (output saved, row written, no state left): say so. A finished clone
         whose row is not in this --results file (another CSV holds it) is not run again over it: UserError."""
@@ -162,8 +170,9 @@ class AttackStage:
         self.run.close()
         served = f" (served {self.served_acc:.4f}, L1 {self.served_l1:.4f}, {a.api_defense})" if self.defense else ""
         print(f"done: victim {self.label} acc {self.victim_acc:.4f}{served} | {self.attack} clone {a.student_model} "
-              f"acc {clone_acc:.4f} (best {best:.4f}) fidelity {fidelity:.4f} | {self.victim.used}/{self.victim.budget} "
-              f"queries | {self.victim.used / max(wall, 1e-9):.0f} queries/s | saved {self.out}")
+              f"acc {clone_acc:.4f} (best over epochs, test: {best:.4f}) fidelity {fidelity:.4f} | "
+              f"{self.victim.used}/{self.victim.budget} queries | {self.victim.used / max(wall, 1e-9):.0f} queries/s | "
+              f"saved {self.out}")
         return row
 
 

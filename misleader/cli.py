@@ -9,11 +9,23 @@ from misleader.errors import NonFiniteLoss, UserError
 from misleader.models import MODEL_NAMES
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default after its help unless there is none to show (None, "", False for a flag without a
+    value) or the help already says it: '(default 5000; ...) (default: None)' told two stories."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, "", argparse.SUPPRESS) or "default" in text or text.startswith("not used") or \
+                (action.default is False and action.nargs == 0):
+            return text
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line on stderr and exit code 2."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message):
@@ -70,6 +82,14 @@ def add_common(p, seed_default=0):
                    help="auto: tqdm bars on a terminal, else a plain progress line at most every 30 s; 1: bars "
                         "always; 0: none")
     return p
+
+
+def mark_unused(p, *dests):
+    """Say in --help that this entry point ignores common flags ``dests`` (it takes them so that the shell
+    scripts can pass every stage the same ones)."""
+    for action in p._actions:
+        if action.dest in dests:
+            action.help = "not used by this entry point (taken so that every stage accepts the common flags)"
 
 
 def add_run_flags(p, tag_help, out_help=None):

@@ -59,6 +59,7 @@ def generator_parser(doc, cfg, own, wording=None):
     wording = wording or {}
     for name, (kind, text, *given) in {**FLAGS, **own}.items():
         default = given[0] if given else getattr(cfg, name)
+        default = int(default) if isinstance(default, bool) else default  # a 0/1 flag: its help shows 0, not False
         opts = {"choices": kind, "type": type(kind[0])} if isinstance(kind, list) else {"type": kind}
         if isinstance(default, tuple):
             opts, default = {"type": float, "nargs": "*"}, list(default)
@@ -114,7 +115,8 @@ def run_generator_attack(args, cfg, attack_name, build, log_name, title, state_k
     del st  # the loaded copy (a full replay buffer: 4 GB at 1M queries of 32x32) is not kept beside the live one
     log = RunLog(args.log_dir, log_name, stage.run_name, {**vars(args), "epochs": cfg.epochs,
                                                           "cost_per_iteration": cfg.cost_per_iteration},
-                 resume_step=attack.epoch if resumed else None, tb_resume_step=stage.victim.used)
+                 resume_step=attack.epoch if resumed else None, tb_resume_step=stage.victim.used,
+                 resolved=stage.resolved())
     print(f"{title} on {stage.label} ({stage.victim_path}, test acc {stage.victim_acc:.4f}): {models}, budget "
           f"{cfg.query_budget} queries, {cfg.cost_per_iteration} per iteration, {cfg.epochs} epochs, device "
           f"{stage.device}, amp {stage.amp or 'off'}, seed {args.seed}", flush=True)
@@ -130,7 +132,7 @@ def run_generator_attack(args, cfg, attack_name, build, log_name, title, state_k
         log.log(a.epoch, {"clone_acc": acc, "clone_val_acc": val_acc, "fidelity": fid, **more,
                           **{k: stats[k] for k in ("queries_used", "loss_S", "loss_G", "lr_S", "lr_G")}},
                 console=False, extra={"queries_per_s": stats["queries_per_s"]}, tb_step=stats["queries_used"])
-        bar.write(f"[epoch {a.epoch}/{cfg.epochs}] clone_acc {acc:.4f} best {a.best_acc:.4f} val {val_acc:.4f} "
+        bar.write(f"[epoch {a.epoch}/{cfg.epochs}] clone_acc {acc:.4f} best_test {a.best_acc:.4f} val {val_acc:.4f} "
                   f"fidelity {fid:.4f}{''.join(f' {k} {v:.4f}' for k, v in more.items())} queries "
                   f"{stats['queries_used']} loss_S {stats['loss_S']:.4f} loss_G {stats['loss_G']:.4f} lr_S "
                   f"{stats['lr_S']:.4g} ({stats['queries_per_s']:.0f} queries/s)")

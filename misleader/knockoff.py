@@ -121,7 +121,7 @@ def run_knockoff(args):
     settings = (f"pool={args.pool}{pool_text} epochs={args.epochs} batch_size={args.batch_size} lr={args.lr:g} "
                 f"weight_decay={args.weight_decay:g} augment={args.augment} victim_output={args.victim_output}")
     log = RunLog(args.log_dir, "knockoff", stage.run_name, {**vars(args), "settings": settings},
-                 resume_step=loop.epoch if resumed else None)
+                 resume_step=loop.epoch if resumed else None, resolved=stage.resolved())
     print(f"Knockoff on {stage.label} ({stage.victim_path}, test acc {stage.victim_acc:.4f}): pool {args.pool}, "
           f"{stage.victim.used} queries ({args.victim_output}), student {args.student_model}, {args.epochs} epochs, "
           f"device {dev}, seed {args.seed}", flush=True)

@@ -123,7 +123,9 @@ def epoch_run(run, model, stateful, aug, args, stage):
     --seed), resumed where the run's state left it, and the run's log under ``stage``: (loop, log)."""
     loop = EpochLoop(run, model, stateful, aug.g, torch.Generator().manual_seed(args.seed))
     resumed = loop.resume()
-    log = RunLog(args.log_dir, stage, stage_run_name(args), vars(args), resume_step=loop.epoch if resumed else None)
+    log = RunLog(args.log_dir, stage, stage_run_name(args), vars(args), resume_step=loop.epoch if resumed else None,
+                 resolved={"device": next(model.parameters()).device, "train_size": len(aug.bundle.train),
+                           "val_size": len(aug.bundle.val)})
     return loop, log
 
 

@@ -26,7 +26,11 @@ class PlainProgress:
         secs = time.time() - self.t0
         rate = (self.n - self.start_n) / secs if secs > 0 else 0.0
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        return f"{self.desc}: {self.n}/{self.total} {self.unit}{pct}, {secs:.0f} s, {rate:.1f} {self.unit}/s"
+        left = ""
+        if self.total and rate > 0 and self.n < self.total:
+            s = (self.total - self.n) / rate
+            left = f", about {s / 3600:.1f} h left" if s >= 5400 else f", about {max(1, round(s / 60))} min left"
+        return f"{self.desc}: {self.n}/{self.total} {self.unit}{pct}, {secs:.0f} s, {rate:.1f} {self.unit}/s{left}"
 
     def update(self, n=1):
         self.n += n

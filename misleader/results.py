@@ -164,10 +164,11 @@ def format_table(rows):
 
 
 if __name__ == "__main__":
-    import argparse
+    from misleader.cli import Parser
 
-    p = argparse.ArgumentParser(description="Print rows of a results CSV as a table.")
-    p.add_argument("csv", nargs="?", default=os.path.join("results", "results.csv"))
+    p = Parser(prog="python -m misleader.results", description="Print rows of a results CSV as a table.")
+    p.add_argument("csv", nargs="?", default=os.path.join("results", "results.csv"),
+                   help="the results CSV (one row per attack run)")
     p.add_argument("--skip", type=int, default=0,
                    help="skip the first N data rows (a rerun's row moves to the end: --since is the safer filter)")
     p.add_argument("--since", default=None, metavar="FILE",

@@ -47,11 +47,19 @@ def stage_run_name(args):
 class RunLog:
     """One run's logs. ``log(step, metrics)`` writes a CSV row, TensorBoard scalars and a console line."""
 
-    def __init__(self, log_dir, stage, run_name, args, resume_step=None, tb_resume_step=None):
+    def __init__(self, log_dir, stage, run_name, args, resume_step=None, tb_resume_step=None, resolved=None):
+        """``resolved``: what the flags turned into on this machine (device, amp, the victim's file...), recorded
+        in params.json beside the flags with the host and PyTorch's thread count."""
         self.dir = os.path.join(log_dir, stage, run_name)
         os.makedirs(self.dir, exist_ok=True)
         self.csv_path = os.path.join(self.dir, "metrics.csv")
-        self.params = {"args": dict(args), "argv": sys.argv, "git_commit": git_commit(), "versions": versions()}
+        import socket
+
+        import torch
+
+        here = {"hostname": socket.gethostname(), "torch_threads": torch.get_num_threads(), **(resolved or {})}
+        self.params = {"args": dict(args), "argv": sys.argv, "git_commit": git_commit(), "versions": versions(),
+                       "resolved": {k: str(v) if not isinstance(v, (int, float, str)) else v for k, v in here.items()}}
         write_atomic(os.path.join(self.dir, "params.json"),
                      lambda f: json.dump(self.params, f, indent=2, sort_keys=True, default=str), binary=False)
         self.fields = None

@@ -299,3 +299,33 @@ def test_a_teacher_milestone_outside_its_epochs_is_refused(call, tmp_path, miles
                            "--epochs", "3", "--milestones", *milestones)[::2])
     assert "--milestones must be epochs from 1 to --epochs 3" in line
     assert os.listdir(tmp_path) == []
+
+
+def test_a_multistep_teacher_without_milestones_is_refused(call):
+    """On MNIST-like data the family's milestones are none: --scheduler multistep alone kept the rate constant."""
+    line = _err_line(*call("Defense/train_teacher.py", "--dataset", "synthetic", "--scheduler", "multistep")[::2])
+    assert "--scheduler multistep needs --milestones" in line
+
+
+def test_help_shows_one_default_per_flag_and_none_that_says_nothing():
+    """ArgumentDefaultsHelpFormatter appended '(default: None)' to help that states the real default, and
+    '(default: False)' to the 0/1 flag --mirror."""
+    from misleader.cli import Parser
+
+    p = Parser(prog="x")
+    p.add_argument("--val_size", default=None, help="images for validation (default 5000)")
+    p.add_argument("--setting", default="", help="a name")
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate")
+    p.add_argument("--flag", action="store_true", help="a switch")
+    text = " ".join(p.format_help().split())
+    assert "(default: None)" not in text and "(default: )" not in text and "(default: False)" not in text
+    assert "images for validation (default 5000)" in text and "learning rate (default: 0.1)" in text
+    proc = subprocess.run([sys.executable, "DFME/dfme.py", "--help"], capture_output=True, text=True, cwd=REPO,
+                          timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0
+    assert "(default: False)" not in proc.stdout and "(default: None)" not in proc.stdout
+    assert "needs --target probs. 0: off (default: 0)" in " ".join(proc.stdout.split())
+    # an entry point that ignores a common flag says so instead of describing what it would do
+    proc = subprocess.run([sys.executable, "Defense/choose_tau.py", "--help"], capture_output=True, text=True,
+                          cwd=REPO, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert "--progress {auto,0,1} not used by this entry point" in " ".join(proc.stdout.split())

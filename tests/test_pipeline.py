@@ -1,6 +1,7 @@
 """CONFIG=smoke end to end: teacher.sh, train.sh and test.sh in a scratch copy of the repository."""
 
 import csv
+import json
 import os
 import subprocess
 
@@ -28,7 +29,11 @@ def test_teacher_checkpoint_loads_safely_with_high_val_accuracy(smoke):
     ck = torch.load(root / "Defense/cache/teacher/synthetic-lenet5.pt", weights_only=True)
     assert ck["kind"] == "classifier" and ck["arch"] == "lenet5" and ck["num_classes"] == 10
     assert ck["metrics"]["val_acc"] > 0.9
-    assert os.path.isfile(root / "runs/teacher/synthetic-lenet5-seed0/params.json")
+    with open(root / "runs/teacher/synthetic-lenet5-seed0/params.json") as f:
+        params = json.load(f)
+    # what the flags resolved to on this machine, not only the flags ("auto" says nothing about where it ran)
+    assert params["args"]["device"] == "auto" and params["resolved"]["device"] == "cpu"
+    assert params["resolved"]["val_size"] == 1000 and params["resolved"]["torch_threads"] >= 1
     with open(root / "runs/teacher/synthetic-lenet5-seed0/metrics.csv") as f:
         assert len(list(csv.DictReader(f))) == 3  # one row per epoch
 
@@ -58,6 +63,11 @@ def test_attack_rows_respect_budget(smoke):
         cost = int(s["batch_size"]) * (int(s["g_iter"]) * (int(s["grad_m"]) + 1) + int(s["d_iter"]))
         assert int(r["queries_used"]) == 50000 // cost * cost
     assert "pool=synthetic" in rows[2]["settings"] and rows[0]["query_range"] == "tanh"
+    for r in (rows[0], rows[2]):  # an attack's params.json: where it ran and which victim file it attacked
+        with open(root / r["run_dir"] / "params.json") as f:
+            resolved = json.load(f)["resolved"]
+        assert resolved["device"] == "cpu" and resolved["victim_path"] == r["victim_path"]
+        assert f"{resolved['victim_acc']:.4f}" == f"{float(r['victim_acc']):.4f}"
     assert "victim_acc" in logs["test.sh"].splitlines()[-5]  # the closing table
 
 

@@ -39,3 +39,20 @@ def test_plain_lines_are_rate_limited():
         bar.update(10)
     bar.close()
     assert out.getvalue() == ""  # nothing within the interval, and no closing line for a short run
+
+
+def test_plain_lines_give_the_time_left(monkeypatch):
+    """A log line said how far and how fast, and left the reader to work out when the run ends."""
+    import misleader.progress as P
+
+    clock = [1000.0]
+    monkeypatch.setattr(P.time, "time", lambda: clock[0])
+    out = io.StringIO()
+    bar = PlainProgress(1000, initial=200, desc="queries", unit="q", file=out, every=0.0)
+    clock[0] += 40.0
+    bar.update(200)  # 200 q in 40 s: 5 q/s, 600 left: 120 s
+    clock[0] += 80.0
+    bar.update(600)  # done: no time left to give
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "queries: 400/1000 q (40%), 40 s, 5.0 q/s, about 2 min left"
+    assert lines[1] == "queries: 1000/1000 q (100%), 120 s, 6.7 q/s"
