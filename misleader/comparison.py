@@ -51,8 +51,7 @@ def num(row, col, i, kind=float):
     try:
         return kind(float(value)) if kind is int else kind(value)
     except (TypeError, ValueError):
-        where = f"results CSV line {row.line}" if getattr(row, "line", None) else f"results row {i}"
-        raise UserError(f"{where}: column {col} is not a number ({value!r})") from None
+        raise UserError(f"{row_name({i: row}, i)}: column {col} is not a number ({value!r})") from None
 
 
 def flag(row, col):

@@ -22,7 +22,7 @@ from misleader.cli import Parser, main_wrapper
 from misleader import comparison
 from misleader.comparison import field as _field, flag as _flag, mean as _mean, num as _num, std as _std
 from misleader.errors import UserError
-from misleader.results import Row
+from misleader.results import Row, where
 
 # What the report reads; verify also needs the checkpoints.
 REPORT_COLUMNS = ["dataset", "victim_acc", "query_budget", "queries_used", "clone_acc", "clone_best_acc", "fidelity",
@@ -87,11 +87,6 @@ def one_checkpoint_per_victim(rows, path):
                             f"accuracies {a} and {b}: two checkpoints of one victim (retrained, or made on another "
                             "machine), whose clones are never averaged or paired; give one set its own CSV "
                             "(RESULTS=results/mine.csv bash test.sh, then bash report.sh --csv results/mine.csv)")
-
-
-def _where(row, i):
-    """A row's name in messages: its line in the results CSV (load_results keeps it), else its position."""
-    return f"line {row.line}" if getattr(row, "line", None) else f"row {i}"
 
 
 def filter_config(rows, config, path="results"):
@@ -476,7 +471,7 @@ def _build_report(rows, csv_path, out_dir, shown_dir, config, grid_names, aware,
             run_dir = _resolve(r.get("run_dir"), bases)
             curve = read_curve(run_dir)
             if curve is None:
-                missing.append((_where(r, i), s["victim"], r.get("seed", ""), r.get("run_dir") or "(empty)"))
+                missing.append((where(r, i), s["victim"], r.get("seed", ""), r.get("run_dir") or "(empty)"))
             else:
                 runs.append(curve)
         curves.append((s["victim"], runs))
@@ -578,7 +573,7 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
         if checkpoint.is_user_model(spec):  # FILE.py:FUNCTION: the file must be there
             file = _resolve(spec.rpartition(":")[0], bases)
             found["victim_path"] = f"{file}:{spec.rpartition(':')[2]}" if file else None
-        absent += [f"{_where(r, i)} {c} {r.get(c) or '(empty)'}" for c, p in found.items() if p is None]
+        absent += [f"{where(r, i)} {c} {r.get(c) or '(empty)'}" for c, p in found.items() if p is None]
         located.append(found)
     if absent:
         raise UserError(f"{len(absent)} checkpoint(s) missing, first: {absent[0]}")
@@ -667,7 +662,7 @@ def format_verify(rows, results):
     lines = []
     for i, checks in by_row.items():
         r = rows[i]
-        who = f"{_where(r, i)} {r['dataset']} {r.get('label') or r.get('victim', '')} seed {r['seed']}"
+        who = f"{where(r, i)} {r['dataset']} {r.get('label') or r.get('victim', '')} seed {r['seed']}"
         bad = [c for c in checks if not c[3]]
         if bad:
             lines.append(f"{who}: MISMATCH " + ", ".join(f"{f} csv {_val(f, c)} recomputed {_val(f, v)}" for f, c, v, _ in bad))

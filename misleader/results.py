@@ -36,6 +36,12 @@ class Row(dict):
     line = None
 
 
+def where(row, i):
+    """A row's name in a line of output: 'line N' of the results CSV when it was read with its line numbers
+    (report.load_results), else 'row I', its position ``i``."""
+    return f"line {row.line}" if getattr(row, "line", None) else f"row {i}"
+
+
 def row_name(rows, *idx):
     """How a message names rows ``idx`` of ``rows``: their lines in the results CSV when they were read with
     their line numbers (report.load_results), else their positions in ``rows``."""
