@@ -321,11 +321,10 @@ def test_help_shows_one_default_per_flag_and_none_that_says_nothing():
     assert "(default: None)" not in text and "(default: )" not in text and "(default: False)" not in text
     assert "images for validation (default 5000)" in text and "learning rate (default: 0.1)" in text
     proc = subprocess.run([sys.executable, "DFME/dfme.py", "--help"], capture_output=True, text=True, cwd=REPO,
-                          timeout=60, env={**os.environ, "COLUMNS": "200"})
-    assert proc.returncode == 0
+                          timeout=60, env={**os.environ, "COLUMNS": "200"}, check=True)
     assert "(default: False)" not in proc.stdout and "(default: None)" not in proc.stdout
     assert "needs --target probs. 0: off (default: 0)" in " ".join(proc.stdout.split())
     # an entry point that ignores a common flag says so instead of describing what it would do
     proc = subprocess.run([sys.executable, "Defense/choose_tau.py", "--help"], capture_output=True, text=True,
-                          cwd=REPO, timeout=60, env={**os.environ, "COLUMNS": "200"})
+                          cwd=REPO, timeout=60, env={**os.environ, "COLUMNS": "200"}, check=True)
     assert "--progress {auto,0,1} not used by this entry point" in " ".join(proc.stdout.split())
