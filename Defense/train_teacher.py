@@ -60,8 +60,8 @@ def family_defaults(args, info):
         raise UserError(f"--milestones must be epochs from 1 to --epochs {args.epochs}, got "
                         f"{' '.join(map(str, args.milestones))} (a milestone outside them never divides the rate)")
     if args.scheduler == "multistep" and not args.milestones:
-        raise UserError("--scheduler multistep needs --milestones on this dataset (its family's default has none): "
-                        "without them the rate never changes")
+        raise UserError("--scheduler multistep needs --milestones (none given, and this dataset's family has no "
+                        "default ones): without them the rate never changes")
 
 
 def main(argv):

@@ -124,7 +124,7 @@ class AttackStage:
     def resolved(self):
         """What this run's flags resolved to, for params.json: device, amp, the victim's file and accuracy, the
         split's sizes."""
-        return {"device": self.device, "amp": self.amp or "off", "victim_path": self.victim_path,
+        return {"device": self.device, "amp": "off" if self.amp is None else "bf16", "victim_path": self.victim_path,
                 "victim_acc": round(self.victim_acc, 6), "served_acc": round(self.served_acc, 6),
                 "train_size": len(self.data.train), "val_size": len(self.data.val), "test_size": len(self.data.test)}
 

@@ -11,11 +11,11 @@ from misleader.models import MODEL_NAMES
 
 class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default after its help unless there is none to show (None, "", False for a flag without a
-    value) or the help already says it: '(default 5000; ...) (default: None)' told two stories."""
+    value) or the help already says it in parentheses: '(default 5000; ...) (default: None)' told two stories."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, "", argparse.SUPPRESS) or "default" in text or text.startswith("not used") or \
+        if action.default in (None, "", argparse.SUPPRESS) or "(default" in text or text.startswith("not used") or \
                 (action.default is False and action.nargs == 0):
             return text
         return super()._get_help_string(action)

@@ -12,7 +12,7 @@ lists every row).
 import math
 
 from misleader.errors import UserError
-from misleader.results import earlier_value, row_name
+from misleader.results import Row, earlier_value, row_name
 
 GENERATOR_ATTACKS = ("dfme", "maze", "disguide")  # the data-free attacks of the DFME grid
 TEACHER = "teacher"
@@ -52,6 +52,13 @@ def num(row, col, i, kind=float):
         return kind(float(value)) if kind is int else kind(value)
     except (TypeError, ValueError):
         raise UserError(f"{row_name({i: row}, i)}: column {col} is not a number ({value!r})") from None
+
+
+def num_field(row, col, i):
+    """num of field(row, col): a column's number, or what the column meant before it existed."""
+    value = Row({col: field(row, col)})
+    value.line = getattr(row, "line", None)
+    return num(value, col, i)
 
 
 def flag(row, col):
@@ -343,7 +350,7 @@ def headline(rows, grid_names=None, aware=(), variant_grid=()):
     _, grid_info = grid_runs(rows, grid_names)
     acc = {}
     for i, r in enumerate(rows):
-        acc.setdefault(victim_key(r), (num(r, "victim_acc", i), num({"s": field(r, "served_acc")}, "s", i),
+        acc.setdefault(victim_key(r), (num(r, "victim_acc", i), num_field(r, "served_acc", i),
                                        float(field(r, "served_l1") or 0)))
     columns = _attack_columns(rows)
     out = []

@@ -122,7 +122,9 @@ def _unpack_idx(raw, sources):
             with contextlib.suppress(OSError):
                 os.remove(part)
             why = getattr(e, "strerror", None) or str(e) or type(e).__name__
-            raise UserError(f"cannot unpack {gz} into {raw} ({why}): replace the .gz file") from e
+            broken = isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile))  # the .gz itself, not the folder
+            raise UserError(f"cannot unpack {gz} into {raw} ({why})" +
+                            (": replace the .gz file" if broken else "")) from e
     return True
 
 

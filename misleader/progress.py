@@ -29,7 +29,8 @@ class PlainProgress:
         left = ""
         if self.total and rate > 0 and self.n < self.total:
             s = (self.total - self.n) / rate
-            left = f", about {s / 3600:.1f} h left" if s >= 5400 else f", about {max(1, round(s / 60))} min left"
+            left = f", about {s / 3600:.1f} h left" if s >= 5400 else \
+                f", about {round(s / 60)} min left" if s >= 90 else f", about {max(1, round(s))} s left"
         return f"{self.desc}: {self.n}/{self.total} {self.unit}{pct}, {secs:.0f} s, {rate:.1f} {self.unit}/s{left}"
 
     def update(self, n=1):

@@ -22,7 +22,7 @@ from misleader.cli import Parser, main_wrapper
 from misleader import comparison
 from misleader.comparison import field as _field, flag as _flag, mean as _mean, num as _num, std as _std
 from misleader.errors import UserError
-from misleader.results import Row, where
+from misleader.results import read_rows, refuse_damaged, where
 
 # What the report reads; verify also needs the checkpoints.
 REPORT_COLUMNS = ["dataset", "victim_acc", "query_budget", "queries_used", "clone_acc", "clone_best_acc", "fidelity",
@@ -42,19 +42,10 @@ def load_results(path, required=REPORT_COLUMNS):
     """Rows of a results CSV as dicts; a missing file, no data rows or missing columns is a UserError."""
     if not os.path.isfile(path):
         raise UserError(f"results file not found: {path} (test.sh / DFME/dfme.py writes one row per attack)")
-    rows = []
     with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        for r in reader:
-            if None in r:  # DictReader puts a long line's extra fields under None
-                raise UserError(f"results file {path}: line {reader.line_num} has {len(r[None])} more field(s) than "
-                                "the header (a damaged line): mend or remove it")
-            if None in r.values():
-                raise UserError(f"results file {path}: line {reader.line_num} has fewer fields than the header "
-                                "(a damaged line): mend or remove it")
-            rows.append(Row(r))
-            rows[-1].line = reader.line_num
+        header = csv.DictReader(f).fieldnames or []
+    rows = read_rows(path)
+    refuse_damaged(rows, path)
     if not header or not rows:
         raise UserError(f"results file {path} has no data rows")
     missing = [c for c in required if c not in header]
@@ -73,9 +64,10 @@ def one_checkpoint_per_victim(rows, path):
     for i, r in enumerate(rows):
         key = (r.get("config") or "", r.get("dataset") or "", r.get("label") or r.get("victim") or "")
         j = first.setdefault(key, i)
+        lines = " and ".join(str(getattr(rows[k], "line", None) or k + 2) for k in (j, i))  # k + 2: no blank lines
         p, q = (os.path.normpath(x) if x else "" for x in (rows[j].get("victim_path"), r.get("victim_path")))
         if p and q and p != q:
-            raise UserError(f"{path}: lines {j + 2} and {i + 2} attack victim '{key[2]}' (config '{key[0]}') at two "
+            raise UserError(f"{path}: lines {lines} attack victim '{key[2]}' (config '{key[0]}') at two "
                             f"paths, {p} and {q}: one label, one checkpoint; give the other victim its own --label")
         a, b = rows[j].get("victim_acc") or "", r.get("victim_acc") or ""
         try:
@@ -83,7 +75,7 @@ def one_checkpoint_per_victim(rows, path):
         except ValueError:
             same = a == b
         if not same:
-            raise UserError(f"{path}: lines {j + 2} and {i + 2} attack victim '{key[2]}' (config '{key[0]}') with test "
+            raise UserError(f"{path}: lines {lines} attack victim '{key[2]}' (config '{key[0]}') with test "
                             f"accuracies {a} and {b}: two checkpoints of one victim (retrained, or made on another "
                             "machine), whose clones are never averaged or paired; give one set its own CSV "
                             "(RESULTS=results/mine.csv bash test.sh, then bash report.sh --csv results/mine.csv)")
@@ -165,7 +157,7 @@ def summarize(rows):
         col = {c: [_num(r, c, i) for i, r in members]
                for c in ("victim_acc", "clone_acc", "clone_best_acc", "fidelity", "queries_used")}
         for c in ("served_acc", "served_l1"):  # older rows: the raw model's answers (results.EARLIER_VALUES)
-            col[c] = [_num({c: _field(r, c)}, c, i) for i, r in members]
+            col[c] = [comparison.num_field(r, c, i) for i, r in members]
         k = dict(zip(GROUP_FIELDS, key))
         out.append({
             "victim": names[key], "dataset": k["dataset"], "label": k["label"],
@@ -713,8 +705,8 @@ def main(argv):
             raise UserError("--strongest needs --grid NAME [NAME ...]")
         rows = []
         if os.path.isfile(args.csv):  # no file or no rows of the config yet: no grid run is done
-            with open(args.csv, newline="") as f:
-                rows = list(csv.DictReader(f))
+            rows = read_rows(args.csv)
+            refuse_damaged(rows, args.csv)
             one_checkpoint_per_victim(rows, args.csv)
             rows = [r for r in rows if args.config is None or (r.get("config") or "") == args.config]
         configs = sorted({r.get("config") or "" for r in rows})

@@ -78,16 +78,14 @@ def record_row(path, row):
 
 def check(path):
     """Raise UserError now, before a run spends its budget, when the CSV ``path`` could not take the run's row at
-    its end: columns this version does not write, or a damaged line (more fields than the header)."""
+    its end: columns this version does not write, or a damaged line (more or fewer fields than the header: a
+    short line rewritten with the next row would have its missing cells filled in silently)."""
     if os.path.exists(path) and not os.path.isfile(path):
         raise UserError(f"--results {path} is not a file (a folder?): give the CSV's path, e.g. {path}/results.csv")
     if not os.path.isfile(path):
         return
     with locked(path):
-        bad = [i + 2 for i, r in enumerate(_rows(path)) if None in r]
-        if bad:
-            raise UserError(f"{path}: line {bad[0]} has more fields than the header; mend the file or give another "
-                            "--results file")
+        refuse_damaged(read_rows(path), path, "mend the file or give another --results file")
 
 
 def _rows(path):
@@ -152,8 +150,24 @@ def has_row(path, attack_path):
 
 
 def read_rows(path):
+    """The CSV's rows, each a Row numbered by its line in the file."""
+    rows = []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        for r in reader:
+            rows.append(Row(r))
+            rows[-1].line = reader.line_num
+    return rows
+
+
+def refuse_damaged(rows, path, advice="mend or remove it"):
+    """UserError naming the first line of ``rows`` (read_rows) with more or fewer fields than the header."""
+    for r in rows:
+        if None in r:  # csv.DictReader puts a long line's extra fields under None
+            raise UserError(f"{path}: line {r.line} has {len(r[None])} more field(s) than the header (a damaged "
+                            f"line): {advice}")
+        if None in r.values():
+            raise UserError(f"{path}: line {r.line} has fewer fields than the header (a damaged line): {advice}")
 
 
 TABLE_COLUMNS = ("victim", "victim_acc", "student_model", "clone_acc", "clone_best_acc", "fidelity", "queries_used",

@@ -343,6 +343,20 @@ def test_a_corrupt_dataset_names_the_folder_of_its_files(tmp_path, monkeypatch):
         D.read_raw("cifar10", str(tmp_path))
 
 
+def test_a_folder_that_cannot_take_the_unpacked_files_is_not_blamed_on_the_gz(tmp_path, monkeypatch):
+    """Any OSError said 'replace the .gz file', also when the .gz was whole and raw/ could not be made."""
+    monkeypatch.setenv("MISLEADER_OFFLINE", "1")
+    src = tmp_path / "src"
+    for stem in D._IDX_STEMS:
+        _write_idx(str(src), stem, np.zeros((2, 28, 28) if "images" in stem else (2,)), True)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "MNIST").write_text("a file where the folder should be")
+    with pytest.raises(UserError) as err:
+        D._unpack_idx(str(root / "MNIST" / "raw"), [str(src)])
+    assert "cannot unpack" in str(err.value) and "replace the .gz" not in str(err.value)
+
+
 def test_cifar100_pickles_are_read_with_fine_labels(tmp_path, monkeypatch):
     import pickle
 

@@ -56,3 +56,13 @@ def test_plain_lines_give_the_time_left(monkeypatch):
     lines = out.getvalue().splitlines()
     assert lines[0] == "queries: 400/1000 q (40%), 40 s, 5.0 q/s, about 2 min left"
     assert lines[1] == "queries: 1000/1000 q (100%), 120 s, 6.7 q/s"
+    # under a minute and a half left: seconds; hours from an hour and a half
+    bar = PlainProgress(1000, desc="q", unit="q", file=out, every=0.0)
+    clock[0] += 10.0
+    bar.update(900)  # 90 q/s, 100 left
+    assert out.getvalue().splitlines()[-1].endswith("90.0 q/s, about 1 s left")
+    slow = PlainProgress(10 ** 6, desc="q", unit="q", file=out, every=0.0)
+    clock[0] += 100.0
+    slow.update(100)  # 1 q/s: 999,900 s left
+    assert out.getvalue().splitlines()[-1].endswith("about 277.8 h left")
+

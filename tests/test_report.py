@@ -171,6 +171,37 @@ def test_load_results_damaged_lines_and_line_numbers(tmp_path):
     kept = report.filter_config(report.load_results(bad), "b", bad)
     with pytest.raises(UserError, match="results CSV line 6: column clone_acc is not a number"):
         comparison.headline(kept)
+    # a column read through its earlier meaning (served_acc) keeps the line too, and its own name
+    rows[4]["clone_acc"], rows[4]["served_acc"] = "0.5", "oops"
+    bad = _write_csv(tmp_path / "bad2.csv", rows)
+    kept = report.filter_config(report.load_results(bad), "b", bad)
+    for build in (report.summarize, comparison.headline):
+        with pytest.raises(UserError, match="results CSV line 6: column served_acc is not a number"):
+            build(kept)
+    # the grid's --strongest path (compare.sh) reads the file the same way: line numbers, damaged lines refused
+    rows[4]["served_acc"] = "0.9"
+    grid = [dict(r, attack="dfme", setting=f"s{i}", seed=0, clone_val_acc="nan" if i == 4 else "0.5",
+                 query_budget=1000000) for i, r in enumerate(rows)]
+    path = _write_csv(tmp_path / "grid.csv", grid)
+    with pytest.raises(UserError, match="results CSV line 6: clone_val_acc is nan"):
+        report.main(["--csv", path, "--config", "b", "--strongest", "teacher", "--grid", "s3", "s4"])
+    with pytest.raises(UserError, match="line 6 has 1 more field"):
+        report.main(["--csv", str(tmp_path / "long.csv"), "--config", "b", "--strongest", "teacher", "--grid", "s3"])
+
+
+def test_a_short_line_is_refused_before_a_run_rewrites_it_filled_in(tmp_path):
+    """results.check refused long lines only: a short one was rewritten with empty cells by the next run's row,
+    after which the report's own check could no longer see it."""
+    from misleader import results as R
+
+    rows = [_row(label="teacher", seed=i, victim_acc=0.9, clone_acc=0.5, clone_best_acc=0.5, fidelity=0.5,
+                 attack_path=f"c{i}.pt") for i in range(2)]
+    path = tmp_path / "r.csv"
+    _write_csv(path, rows)
+    text = path.read_text().splitlines()
+    path.write_text("\n".join([text[0], text[1].rsplit(",", 3)[0], text[2]]) + "\n")
+    with pytest.raises(UserError, match="line 2 has fewer fields than the header"):
+        R.check(str(path))
 
 
 def test_cli_missing_csv_one_line_exit_2(tmp_path):
