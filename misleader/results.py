@@ -85,6 +85,8 @@ def check(path):
     if not os.path.isfile(path):
         return
     with locked(path):
+        with open(path, newline="") as f:
+            _check_header(path, next(csv.reader(f), []))  # columns this version does not write
         refuse_damaged(read_rows(path), path, "mend the file or give another --results file")
 
 
