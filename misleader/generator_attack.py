@@ -137,7 +137,7 @@ def run_generator_attack(args, cfg, attack_name, build, log_name, title, state_k
                   f"{stats['queries_used']} loss_S {stats['loss_S']:.4f} loss_G {stats['loss_G']:.4f} lr_S "
                   f"{stats['lr_S']:.4g} ({stats['queries_per_s']:.0f} queries/s)")
         sys.stdout.flush()  # a log file being followed sees each epoch as it ends
-        stage.run.save(state())  # (a non-finite loss has stopped the run already, in DFME.run)
+        stage.run.epoch_end(state)  # (a non-finite loss has stopped the run already, in DFME.run)
 
     bar = progress_bar(args.progress, cfg.query_budget, stage.victim.used, "queries", "q", file=sys.stdout,
                        unit_scale=True)

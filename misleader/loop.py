@@ -25,6 +25,8 @@ from misleader.runlog import RunLog, stage_run_name
 from misleader.runtime import setup
 from misleader.train import check_finite
 
+SAVE_COST_RATIO = 20  # a state is saved again only after 20 times as long as its last save took (about 5 % of the run)
+
 
 class StopFlag:
     """SIGINT / SIGTERM set a flag; the loop saves its state at the next step boundary and exits 128+signum."""
@@ -56,6 +58,7 @@ class RunState:
         self.out, self.kind, self.arch, self.args = out, kind, arch, args
         self.file = checkpoint.state_path(out)
         self.save_every, self.last_save, self.stop = args.save_every_min * 60, time.time(), None
+        self.save_secs = 0.0  # how long the last save took
 
     def finished(self):
         """--resume 1 and the run's output exists with no state file left."""
@@ -79,9 +82,21 @@ class RunState:
         return st
 
     def save(self, payload):
+        t0 = time.time()
         checkpoint.save(self.file, checkpoint.payload(self.kind, self.arch, flags=checkpoint.run_flags(self.args),
                                                       **payload))
         self.last_save = time.time()
+        self.save_secs = self.last_save - t0
+
+    def _cheap(self):
+        """The last save took at most 1/SAVE_COST_RATIO of the time since it: saving now keeps saving near that
+        share of the run (DisGUIDE's replay buffer makes a state of 4 GB at 1M queries, some 40 s to write)."""
+        return time.time() - self.last_save >= SAVE_COST_RATIO * self.save_secs
+
+    def epoch_end(self, payload):
+        """At an epoch end: save ``payload()`` when saving is cheap (a small state: every epoch)."""
+        if self._cheap():
+            self.save(payload())
 
     def defer_signals(self):
         """From now on SIGINT/SIGTERM only set a flag that the next ``boundary`` acts on (say, while queries are
@@ -91,10 +106,10 @@ class RunState:
 
     def boundary(self, payload):
         """At a step boundary: on SIGINT/SIGTERM save ``payload()`` and exit 128+signal; every save_every_min
-        minutes save it."""
+        minutes save it (with save_every_min > 0 no sooner than SAVE_COST_RATIO times the last save's duration)."""
         self.defer_signals()
         self.stop.exit_if_set(lambda: self.save(payload()), self.file)
-        if time.time() - self.last_save > self.save_every:
+        if time.time() - self.last_save > self.save_every and (self.save_every == 0 or self._cheap()):
             self.save(payload())
 
     def close(self):

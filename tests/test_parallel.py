@@ -260,3 +260,47 @@ def test_sigkilled_run_does_not_block_its_resume(killed, tmp_path):
     rows = read_csv(os.path.join(root, "results-cut.csv"))
     assert len(rows) == 1 and int(rows[0]["queries_used"]) <= 1500
     assert not os.path.exists(os.path.join(root, out[:-3] + ".state.pt"))
+
+
+def test_a_state_slow_to_write_is_saved_less_often(tmp_path, monkeypatch):
+    """Every epoch end wrote the whole state: DisGUIDE's 4 GB replay buffer took ~40 s a write, a quarter of each
+    epoch at 1M queries. Now a state is written again only after SAVE_COST_RATIO times its last write's duration,
+    at epoch ends and at the --save_every_min boundaries; a cheap state is still written every epoch, and
+    --save_every_min 0 still writes after every step."""
+    from misleader import loop as L
+
+    clock = [1000.0]
+    monkeypatch.setattr(L.time, "time", lambda: clock[0])
+    cost = [40.0]
+
+    def slow_save(path, payload):  # a write that takes cost[0] seconds
+        clock[0] += cost[0]
+    monkeypatch.setattr(L.checkpoint, "save", slow_save)
+    args = argparse.Namespace(resume=0, save_every_min=5.0)
+    run = L.RunState(str(tmp_path / "m.pt"), "attack-state", "lenet5", args)
+    saves = []
+    payload = lambda: saves.append(clock[0]) or {}  # noqa: E731
+    run.epoch_end(payload)  # nothing saved yet: cheap so far
+    assert len(saves) == 1 and run.save_secs == 40.0
+    clock[0] += 160.0  # an epoch later: 160 s < 20 x 40 s
+    run.epoch_end(payload)
+    run.boundary(payload)  # also past --save_every_min (5 min)? no: 200 s since the last save
+    clock[0] += 200.0  # 360 s: past 5 min, still under 800 s
+    run.boundary(payload)
+    assert len(saves) == 1
+    clock[0] += 440.0  # 800 s after the last save
+    run.boundary(payload)
+    assert len(saves) == 2
+    cheap = L.RunState(str(tmp_path / "c.pt"), "attack-state", "lenet5", args)
+    cost[0] = 0.01  # a small state: every epoch end
+    for _ in range(2):
+        clock[0] += 1.0
+        cheap.epoch_end(payload)
+    assert len(saves) == 4
+    every = L.RunState(str(tmp_path / "n.pt"), "attack-state", "lenet5", argparse.Namespace(resume=0,
+                                                                                              save_every_min=0))
+    cost[0] = 5.0
+    for _ in range(3):
+        clock[0] += 0.001
+        every.boundary(payload)
+    assert len(saves) == 7
