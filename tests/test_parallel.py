@@ -279,7 +279,10 @@ def test_a_state_slow_to_write_is_saved_less_often(tmp_path, monkeypatch):
     args = argparse.Namespace(resume=0, save_every_min=5.0)
     run = L.RunState(str(tmp_path / "m.pt"), "attack-state", "lenet5", args)
     saves = []
-    payload = lambda: saves.append(clock[0]) or {}  # noqa: E731
+
+    def payload():
+        saves.append(clock[0])
+        return {}
     run.epoch_end(payload)  # nothing saved yet: cheap so far
     assert len(saves) == 1 and run.save_secs == 40.0
     clock[0] += 160.0  # an epoch later: 160 s < 20 x 40 s
