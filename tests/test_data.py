@@ -357,26 +357,6 @@ def test_a_folder_that_cannot_take_the_unpacked_files_is_not_blamed_on_the_gz(tm
     assert "cannot unpack" in str(err.value) and "replace the .gz" not in str(err.value)
 
 
-def test_cifar100_pickles_are_read_with_fine_labels(tmp_path, monkeypatch):
-    import pickle
-
-    monkeypatch.setenv("MISLEADER_OFFLINE", "1")
-    folder = tmp_path / "cifar-100-python"
-    folder.mkdir()
-    rng = np.random.default_rng(1)
-    parts = {}
-    for name, n in (("train", 6), ("test", 4)):
-        data = rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)
-        fine, coarse = rng.integers(0, 100, size=n).tolist(), rng.integers(0, 20, size=n).tolist()
-        parts[name] = (data, fine)
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, "fine_labels": fine, "coarse_labels": coarse}, f)
-    xtr, ytr, xte, yte = D.read_raw("cifar100", str(tmp_path))
-    assert np.array_equal(xtr, parts["train"][0].reshape(6, 3, 32, 32))
-    assert np.array_equal(xte, parts["test"][0].reshape(4, 3, 32, 32))
-    assert ytr.tolist() == parts["train"][1] and yte.tolist() == parts["test"][1] and ytr.dtype == np.int64
-
-
 @pytest.mark.parametrize("name,needle", [
     ("mnist", "train-images-idx3-ubyte"),
     ("cifar10", "cifar-10-batches-py"),
@@ -421,24 +401,30 @@ def test_fashion_mnist_shapes_and_normalization(fashion):
     assert abs(z.std().item() - 1) < 0.05
 
 
-def test_cifar10_pickles_are_read_through_torchvision(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name,folder,files,key,classes", [
+    ("cifar10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "labels", 10),
+    ("cifar100", "cifar-100-python", ["train", "test"], "fine_labels", 100),
+])
+def test_cifar_pickles_are_read_through_torchvision(tmp_path, monkeypatch, name, folder, files, key, classes):
+    """The official pickles (rows of 3x32x32 bytes, channel first) come out NCHW, batches in order, with
+    CIFAR-100's fine labels."""
     import pickle
 
     monkeypatch.setenv("MISLEADER_OFFLINE", "1")
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
+    (tmp_path / folder).mkdir()
     rng = np.random.default_rng(0)
-    batches_ = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    written = {}
+    for file in files:
         data = rng.integers(0, 256, size=(4, 3 * 32 * 32), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=4).tolist()
-        batches_[name] = (data, labels)
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, "labels": labels}, f)
-    xtr, ytr, xte, yte = D.read_raw("cifar10", str(tmp_path))
-    assert xtr.shape == (20, 3, 32, 32) and xte.shape == (4, 3, 32, 32)
-    assert np.array_equal(xte, batches_["test_batch"][0].reshape(4, 3, 32, 32))
-    assert ytr.tolist() == sum((batches_[f"data_batch_{i}"][1] for i in range(1, 6)), [])
+        labels = rng.integers(0, classes, size=4).tolist()
+        written[file] = (data.reshape(4, 3, 32, 32), labels)
+        with open(tmp_path / folder / file, "wb") as f:
+            pickle.dump({"data": data, key: labels, "coarse_labels": [0] * 4}, f)
+    xtr, ytr, xte, yte = D.read_raw(name, str(tmp_path))
+    train, test = files[:-1], files[-1]
+    assert np.array_equal(xtr, np.concatenate([written[f][0] for f in train]))
+    assert np.array_equal(xte, written[test][0]) and yte.tolist() == written[test][1]
+    assert ytr.tolist() == sum((written[f][1] for f in train), []) and ytr.dtype == np.int64
 
 
 def test_a_failed_download_says_why(tmp_path, monkeypatch):
