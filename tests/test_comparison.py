@@ -679,7 +679,7 @@ def test_the_design_config_runs_every_generator_at_the_reference_width():
     """configs/fashionmnist_design.sh says it keeps DFME's 64-wide generator; its DisGUIDE runs inherited
     fashionmnist's --ngf 32."""
     proc = subprocess.run(["bash", "compare.sh", "--list", "grid"], cwd=REPO,
-                          env={**os.environ, "CONFIG": "fashionmnist_design"}, capture_output=True, text=True, timeout=60,
-                          check=True)
+                          env={**os.environ, "CONFIG": "fashionmnist_design"}, capture_output=True, text=True,
+                          timeout=60, check=True)
     attacks = [ln for ln in proc.stdout.splitlines() if "DFME/dfme.py" in ln or "DFME/disguide.py" in ln]
     assert any("DFME/disguide.py" in ln for ln in attacks) and not any("--ngf" in ln for ln in attacks)
