@@ -22,7 +22,7 @@ from misleader.cli import Parser, main_wrapper
 from misleader import comparison
 from misleader.comparison import field as _field, flag as _flag, mean as _mean, num as _num, std as _std
 from misleader.errors import UserError
-from misleader.results import read_rows, refuse_damaged, where
+from misleader.results import read_header, read_rows, refuse_damaged, where
 
 # What the report reads; verify also needs the checkpoints.
 REPORT_COLUMNS = ["dataset", "victim_acc", "query_budget", "queries_used", "clone_acc", "clone_best_acc", "fidelity",
@@ -42,8 +42,7 @@ def load_results(path, required=REPORT_COLUMNS):
     """Rows of a results CSV as dicts; a missing file, no data rows or missing columns is a UserError."""
     if not os.path.isfile(path):
         raise UserError(f"results file not found: {path} (test.sh / DFME/dfme.py writes one row per attack)")
-    with open(path, newline="") as f:
-        header = csv.DictReader(f).fieldnames or []
+    header = read_header(path)
     rows = read_rows(path)
     refuse_damaged(rows, path)
     if not header or not rows:
@@ -64,10 +63,11 @@ def one_checkpoint_per_victim(rows, path):
     for i, r in enumerate(rows):
         key = (r.get("config") or "", r.get("dataset") or "", r.get("label") or r.get("victim") or "")
         j = first.setdefault(key, i)
-        lines = " and ".join(str(getattr(rows[k], "line", None) or k + 2) for k in (j, i))  # k + 2: no blank lines
+        def lines(j=j, i=i):  # for the message: the rows' lines in the CSV (k + 2 for rows read without them)
+            return " and ".join(str(getattr(rows[k], "line", None) or k + 2) for k in (j, i))
         p, q = (os.path.normpath(x) if x else "" for x in (rows[j].get("victim_path"), r.get("victim_path")))
         if p and q and p != q:
-            raise UserError(f"{path}: lines {lines} attack victim '{key[2]}' (config '{key[0]}') at two "
+            raise UserError(f"{path}: lines {lines()} attack victim '{key[2]}' (config '{key[0]}') at two "
                             f"paths, {p} and {q}: one label, one checkpoint; give the other victim its own --label")
         a, b = rows[j].get("victim_acc") or "", r.get("victim_acc") or ""
         try:
@@ -75,7 +75,7 @@ def one_checkpoint_per_victim(rows, path):
         except ValueError:
             same = a == b
         if not same:
-            raise UserError(f"{path}: lines {lines} attack victim '{key[2]}' (config '{key[0]}') with test "
+            raise UserError(f"{path}: lines {lines()} attack victim '{key[2]}' (config '{key[0]}') with test "
                             f"accuracies {a} and {b}: two checkpoints of one victim (retrained, or made on another "
                             "machine), whose clones are never averaged or paired; give one set its own CSV "
                             "(RESULTS=results/mine.csv bash test.sh, then bash report.sh --csv results/mine.csv)")

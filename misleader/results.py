@@ -85,8 +85,7 @@ def check(path):
     if not os.path.isfile(path):
         return
     with locked(path):
-        with open(path, newline="") as f:
-            _check_header(path, next(csv.reader(f), []))  # columns this version does not write
+        _check_header(path, read_header(path))  # columns this version does not write
         refuse_damaged(read_rows(path), path, "mend the file or give another --results file")
 
 
@@ -95,8 +94,7 @@ def _rows(path):
     value); the caller holds the lock."""
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return []
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), [])
+    header = read_header(path)
     _check_header(path, header)
     return [{**{c: earlier_value(c, r) for c in COLUMNS[len(header):]}, **r} for r in read_rows(path)]
 
@@ -151,6 +149,12 @@ def has_row(path, attack_path):
     return os.path.isfile(path) and any(r.get("attack_path") == attack_path for r in read_rows(path))
 
 
+def read_header(path):
+    """The CSV's column names ([] for an empty file)."""
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
+
+
 def read_rows(path):
     """The CSV's rows, each a Row numbered by its line in the file."""
     rows = []
@@ -200,9 +204,7 @@ if __name__ == "__main__":
     for path in [a.csv] + ([a.since] if a.since else []):
         if not os.path.isfile(path):
             p.exit(2, f"error: {path} is not a file\n")
-    with open(a.csv, newline="") as f:
-        header = csv.DictReader(f).fieldnames or []
-    missing = [c for c in TABLE_COLUMNS if c not in header]
+    missing = [c for c in TABLE_COLUMNS if c not in read_header(a.csv)]
     if missing:
         p.exit(2, f"error: {a.csv} lacks column(s): {', '.join(missing)}\n")
     rows = read_rows(a.csv)[a.skip:]
