@@ -20,6 +20,7 @@
 # phases in order (train, ensembles, grid, final). Phase 3's lines exist once a victim's grid (or a defense's
 # search) is complete: list it again after phase 2. E.g.
 #   bash compare.sh --list grid > runs.txt && xargs -d '\n' -P 4 -I{} bash -c {} < runs.txt
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0; fi
 set -euo pipefail
 cd "$(dirname "$0")"
 PHASE=all
@@ -29,7 +30,7 @@ if [ "${1:-}" = --list ]; then
     case "$PHASE" in all|train|ensembles|grid|final) ;;
         *) echo "error: --list takes train, ensembles, grid, final or nothing, got '$PHASE'" >&2; exit 2;; esac
 elif [ $# -gt 0 ]; then
-    echo "error: compare.sh takes no arguments but --list [train|ensembles|grid|final], got '$1'" >&2
+    echo "error: compare.sh takes no arguments but --list [train|ensembles|grid|final] or --help, got '$1'" >&2
     exit 2
 fi
 source configs/load.sh

@@ -5,6 +5,8 @@
 # Runs no training.
 #   bash report.sh [--config quick]     the report, optionally for one config only
 #   bash report.sh --verify 1           re-evaluate every saved clone and victim and check the CSV
+# Its flags: python -m misleader.report --help.
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0; fi
 set -euo pipefail
 cd "$(dirname "$0")"
 python -m misleader.report "$@"

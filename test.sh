@@ -5,6 +5,8 @@
 # invocation's rows ends the output.
 # Extra flags go to every DFME call (e.g. bash test.sh --amp off); Knockoff's come from KNOCKOFF_ARGS.
 #   CONFIG=smoke bash test.sh
+# The variables a config may set, with their defaults: configs/load.sh. RESUME=1 skips finished runs.
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0; fi
 set -euo pipefail
 cd "$(dirname "$0")"
 source configs/load.sh

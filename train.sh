@@ -3,6 +3,9 @@
 # build the soft-voting ensemble. Needs the teacher from teacher.sh. With MISINFO_ARCH set in the config,
 # also the misinformation model of the adaptive-misinformation API defense (--api_defense).
 #   CONFIG=smoke bash train.sh        -> Defense/cache/defense/*.pt, Defense/ensemble/<dataset>[-tag].pt
+# Extra flags go to every member's Defense/train_defense.py (its flags: python Defense/train_defense.py --help);
+# the variables a config may set, with their defaults: configs/load.sh. RESUME=1 keeps finished members.
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0; fi
 set -euo pipefail
 cd "$(dirname "$0")"
 source configs/load.sh

@@ -27,7 +27,8 @@ def parse(argv):
                                                 "dataset, its training split)")
     p.add_argument("--epochs", type=int, default=30, help="epochs over the transfer set")
     p.add_argument("--batch_size", type=int, default=128, help="student batch size")
-    p.add_argument("--lr", type=float, default=0.05, help="student SGD learning rate (momentum 0.9, cosine schedule)")
+    p.add_argument("--lr", "--lr_S", type=float, default=0.05,
+                   help="student SGD learning rate (momentum 0.9, cosine schedule); --lr_S is DFME's name for it")
     p.add_argument("--weight_decay", type=float, default=5e-4, help="student SGD weight decay")
     p.add_argument("--augment", choices=["none", "crop"], default="crop",
                    help="augmentation of the pool images while training (crop: random 32x32 crop, 4-pixel padding)")

@@ -5,9 +5,12 @@ last tau before the served answers on the validation split lose more than that m
 raw answers, and the --api_defense spec that serves it. The test set chooses nothing; an attack run then
 measures the served test accuracy itself (results column served_acc). Needs the misinformation model
 (Defense/train_misinformation.py). Both models run in float32, as the API serves them, whatever --amp says.
-  python Defense/choose_tau.py --dataset fashionmnist --victim teacher --cost 0.5 1 2
+With --out, the choice is also written to a JSON file (the victim, the split, and per cost: tau, served accuracy,
+share of answers mostly misinformation and the spec), so the thresholds a config uses can be traced to a file.
+  python Defense/choose_tau.py --dataset fashionmnist --victim teacher --cost 0.5 1 2 --out runs/tau.json
 """
 
+import json
 import math
 import os
 import sys
@@ -36,10 +39,13 @@ def parse(argv):
     p.add_argument("--nu", type=float, default=1000.0, help="steepness of the switch, as in the spec")
     p.add_argument("--cost", type=float, nargs="+", default=[0.5, 1.0, 2.0],
                    help="utility costs on the validation split, in points of top-1 accuracy")
+    p.add_argument("--out", default=None, help="also write the thresholds to this JSON file (replaced atomically)")
     args = p.parse_args(argv)
     args.channels_last = 0
     if not (math.isfinite(args.nu) and args.nu > 0) or not all(0 <= c <= 100 for c in args.cost):
         p.error("--nu must be a positive number and every --cost from 0 to 100")
+    if args.out and os.path.isdir(args.out):
+        p.error(f"--out {args.out} is a folder; name a file, e.g. {os.path.join(args.out, 'tau.json')}")
     info = dataset_info(args.dataset)
     args.teacher_model = args.teacher_model or info.teacher_arch
     args.misinfo = args.misinfo or paths.misinfo_path(args.dataset, args.teacher_model)
@@ -62,16 +68,24 @@ def main(argv):
     raw = (p.argmax(1) == y).float().mean().item()
     print(f"{label} on the validation split of {args.dataset} ({len(y)} images): raw top-1 {100 * raw:.2f} %; "
           f"misinformation model {args.misinfo}, nu {args.nu:g}")
+    chosen = []
     for cost, (tau, acc) in zip(args.cost, api_defense.misinformation_thresholds(p, g, y, args.nu,
                                                                                 [c / 100 for c in args.cost])):
         if tau is None:
             print(f"cost <= {cost:g} pts: no tau qualifies")
+            chosen.append({"cost_pts": cost, "tau": None})
             continue
         share = (p.max(1).values < tau).float().mean().item()
+        spec = api_defense.canonical(f"adaptive_misinformation:tau={tau},nu={args.nu},model={args.misinfo}")
         print(f"cost <= {cost:g} pts: tau {tau:g}, served top-1 {100 * acc:.2f} %, {100 * share:.1f} % of the "
-              f"answers mostly misinformation | --api_defense "
-              f"{api_defense.canonical(f'adaptive_misinformation:tau={tau},nu={args.nu},model={args.misinfo}')}")
-
+              f"answers mostly misinformation | --api_defense {spec}")
+        chosen.append({"cost_pts": cost, "tau": tau, "served_val_acc": round(acc, 6),
+                       "misinformed_share": round(share, 6), "api_defense": spec})
+    if args.out:
+        record = {"victim": label, "dataset": args.dataset, "split_seed": args.split_seed, "val_images": len(y),
+                  "raw_val_acc": round(raw, 6), "misinfo": args.misinfo, "nu": args.nu, "thresholds": chosen}
+        checkpoint.write_atomic(args.out, lambda f: json.dump(record, f, indent=2), binary=False)
+        print(f"wrote {args.out}")
 
 if __name__ == "__main__":
     main_wrapper(main)

@@ -5,6 +5,7 @@ attack's entry point with the served utility in its results row."""
 import csv
 import functools
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -369,10 +370,14 @@ def test_choose_tau_picks_thresholds_on_validation_and_its_spec_serves_within_th
     misinfo = paths.misinfo_path("synthetic", "lenet5fifth")
     mod = _script("Defense", "choose_tau.py")
     mod.main(["--dataset", "synthetic", "--victim", "teacher", "--teacher_model", "lenet5", "--misinfo", misinfo,
-              "--nu", "1000", "--cost", "0", "5", "20"])
+              "--nu", "1000", "--cost", "0", "5", "20", "--out", "tau/chosen.json"])
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("cost <=")]
     assert len(lines) == 3
     specs = [ln.split("--api_defense ")[1] for ln in lines]
+    with open(world / "tau" / "chosen.json") as f:  # --out records what was printed
+        record = json.load(f)
+    assert [t["api_defense"] for t in record["thresholds"]] == specs and record["victim"] == "teacher"
+    assert [t["cost_pts"] for t in record["thresholds"]] == [0, 5, 20] and record["nu"] == 1000
     taus = [api_defense.parse_spec(s)[1]["tau"] for s in specs]
     assert taus[0] < taus[-1]  # a larger cost allows a larger threshold
     d = load_dataset("synthetic")

@@ -328,3 +328,19 @@ def test_help_shows_one_default_per_flag_and_none_that_says_nothing():
     proc = subprocess.run([sys.executable, "Defense/choose_tau.py", "--help"], capture_output=True, text=True,
                           cwd=REPO, timeout=60, env={**os.environ, "COLUMNS": "200"}, check=True)
     assert "--progress {auto,0,1} not used by this entry point" in " ".join(proc.stdout.split())
+
+
+@pytest.mark.parametrize("script,says", [("teacher.sh", "Defense/train_teacher.py --help"),
+                                         ("train.sh", "Defense/train_defense.py --help"),
+                                         ("test.sh", "configs/load.sh"), ("compare.sh", "--list"),
+                                         ("report.sh", "misleader.report --help")])
+def test_every_shell_script_has_a_help_that_trains_nothing(script, says, tmp_path):
+    """`bash X.sh --help` prints the script's header (what it runs, where extra flags go) and exits 0 before a
+    config is loaded: CONFIG names no config here, and nothing is written."""
+    env = {**os.environ, "CONFIG": "no-such-config"}
+    for flag in ("--help", "-h"):
+        proc = subprocess.run(["bash", os.path.join(REPO, script), flag], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=30, env=env, check=False)
+        assert proc.returncode == 0 and proc.stderr == "", (script, proc.stderr)
+        assert says in proc.stdout and "set -euo" not in proc.stdout and not proc.stdout.startswith("#")
+    assert os.listdir(tmp_path) == []

@@ -219,3 +219,12 @@ def test_bad_user_victims_are_one_line_errors(tmp_path, body, weights, msg):
                        weights=str(tmp_path / weights) if weights else None)
     with pytest.raises(UserError, match="defines no function"):
         checkpoint.load_victim(f"{file}:nothing", dataset_info("synthetic"), "lenet5")
+
+
+def test_the_students_learning_rate_answers_to_dfmes_name_too():
+    """--lr_S (the student's learning rate in DFME and DisGUIDE) sets Knockoff's --lr: one spelling for one knob
+    across the attacks, recorded under one name."""
+    parse = _knockoff().parse
+    base = ["--dataset", "synthetic"]
+    assert parse(base + ["--lr_S", "0.01"]).lr == parse(base + ["--lr", "0.01"]).lr == 0.01
+    assert parse(base).lr == 0.05 and not hasattr(parse(base + ["--lr_S", "0.01"]), "lr_S")
