@@ -533,7 +533,8 @@ def _build_report(rows, csv_path, out_dir, shown_dir, config, grid_names, aware,
 
 # ----------------------------------------------------------------------------- verification
 
-def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5, recompute=None, rows=None):
+def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5, recompute=None, rows=None,
+           images=1):
     """Recompute victim_acc, clone_acc, fidelity and (where recorded) clone_val_acc of every row from its
     checkpoints, and read queries_used from the attack checkpoint.
 
@@ -542,7 +543,11 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
     query count equals the row's.
 
     Returns [(row index, field, csv value, recomputed value, ok), ...]; an accuracy is rounded to the CSV's
-    4 decimals before the comparison |recomputed - csv| <= tolerance; the query count must be equal. The row
+    4 decimals before the comparison |recomputed - csv| <= tolerance + ``images`` images of its split (test, or
+    validation for clone_val_acc): another CPU's kernels sum a convolution in another order and can move a
+    near-tie image across the decision boundary (one test image in 10,000, on one of the 166 fashionmnist_v2 rows
+    recorded on an Intel CPU and recomputed on an AMD one); ``images=0`` asks for the CSV's 4 decimals exactly.
+    ``format_verify`` names every row that differs by any image. The query count must be equal. The row
     index counts the data rows of the CSV (after the --config filter when one is given). A victim given as
     FILE.py:FUNCTION is rebuilt from that file and the attack's --victim_weights. ``rows``: the CSV's rows as the
     caller read them (so that its row numbers are these even while runs add rows); default: read here.
@@ -580,7 +585,7 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
                               num_classes=info.num_classes, in_channels=info.in_channels)
         used = (ck.get("metrics") or {}).get("queries_used", float("nan"))
         if recompute is not None and i not in recompute:
-            out += _compared(i, r, {"queries_used": used}, ("queries_used",), tolerance)
+            out += _compared(i, r, {"queries_used": used}, ("queries_used",), {})
             continue
         run_args = ck.get("args") or {}
         # the run's memory format (--channels_last, default 1): the same weights in another layout sum in another
@@ -620,13 +625,14 @@ def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5
         del student
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        out += _compared(i, r, recomputed, fields, tolerance)
+        sizes = {"clone_val_acc": len(data.val.y)}
+        out += _compared(i, r, recomputed, fields, {f: tolerance + images / sizes.get(f, len(y)) for f in fields})
     return out
 
 
 def _compared(i, r, recomputed, fields, tolerance):
     """verify's (row index, field, csv value, recomputed value, ok) for ``fields`` of row ``i``: the query count
-    must be equal, an accuracy within ``tolerance`` once rounded to the CSV's 4 decimals."""
+    must be equal, an accuracy within ``tolerance[field]`` once rounded to the CSV's 4 decimals."""
     out = []
     for field in fields:
         if not (r.get(field) or "").strip():  # an empty cell where the checkpoint has a value: never OK
@@ -638,8 +644,13 @@ def _compared(i, r, recomputed, fields, tolerance):
             out.append((i, field, csv_value, value, value == csv_value))
             continue
         value = float(f"{recomputed[field]:.4f}")
-        out.append((i, field, csv_value, value, abs(value - csv_value) <= tolerance))
+        out.append((i, field, csv_value, value, abs(value - csv_value) <= tolerance[field]))
     return out
+
+
+def _apart(csv_value, value):
+    """An accuracy that verify accepted but that differs from the CSV's 4 decimals."""
+    return abs(value - csv_value) > 5e-5
 
 
 def _val(field, v):
@@ -647,7 +658,8 @@ def _val(field, v):
 
 
 def format_verify(rows, results):
-    """One line per row: OK, or MISMATCH naming each field that differs."""
+    """One line per row: OK (then naming, after "not to the digit:", any accuracy within verify's tolerance of
+    images but not equal to the CSV's value), or MISMATCH naming each field that differs."""
     by_row = {}
     for i, field, csv_value, value, ok in results:
         by_row.setdefault(i, []).append((field, csv_value, value, ok))
@@ -659,7 +671,9 @@ def format_verify(rows, results):
         if bad:
             lines.append(f"{who}: MISMATCH " + ", ".join(f"{f} csv {_val(f, c)} recomputed {_val(f, v)}" for f, c, v, _ in bad))
         else:
-            lines.append(f"{who}: OK " + ", ".join(f"{f} {_val(f, v)}" for f, _, v, _ in checks))
+            apart = [c for c in checks if c[0] != "queries_used" and _apart(c[1], c[2])]
+            lines.append(f"{who}: OK " + ", ".join(f"{f} {_val(f, v)}" for f, _, v, _ in checks) + (
+                "; not to the digit: " + ", ".join(f"{f} csv {_val(f, c)}" for f, c, _, _ in apart) if apart else ""))
     return lines
 
 
@@ -693,6 +707,9 @@ def parse(argv):
     p.add_argument("--grid_seed", type=int, default=0, help="with --strongest: seed of the grid runs")
     p.add_argument("--api_defense", default="none", help="with --strongest: the victim's API defense (its spec as in "
                                                          "the results' api_defense column)")
+    p.add_argument("--verify_images", type=int, default=1,
+                   help="with --verify 1: an accuracy may differ from the CSV by this many images of its split "
+                        "(another CPU's kernels can move a near-tie image; such rows are named); 0: exactly")
     p.add_argument("--data_root", default="data", help="with --verify 1: folder with the datasets")
     p.add_argument("--device", default="cpu", help="with --verify 1: cpu, cuda, cuda:N or auto")
     return p.parse_args(argv)
@@ -725,11 +742,17 @@ def main(argv):
         return
     if args.verify:
         rows = filter_config(load_results(args.csv, VERIFY_COLUMNS), args.config, args.csv)  # read once
-        results = verify(args.csv, args.data_root, args.device, args.config, rows=rows)
+        if args.verify_images < 0:
+            raise UserError(f"--verify_images must be 0 or more, got {args.verify_images}")
+        results = verify(args.csv, args.data_root, args.device, args.config, rows=rows, images=args.verify_images)
         for line in format_verify(rows, results):
             print(line)
         bad = sorted({i for i, _, _, _, ok in results if not ok})
-        print(f"verified {len(rows)} row(s): {len(rows) - len(bad)} OK, {len(bad)} MISMATCH")
+        apart = {i for i, f, c, v, ok in results if ok and f != "queries_used" and _apart(c, v)}
+        print(f"verified {len(rows)} row(s): {len(rows) - len(bad)} OK" + (
+            f" ({len(apart)} of them within {args.verify_images} image(s) of the split but not to the digit: "
+            "named above)" if apart else "")
+            + f", {len(bad)} MISMATCH")
         if bad:
             sys.exit(1)
         return
