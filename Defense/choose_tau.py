@@ -87,5 +87,6 @@ def main(argv):
         checkpoint.write_atomic(args.out, lambda f: json.dump(record, f, indent=2), binary=False)
         print(f"wrote {args.out}")
 
+
 if __name__ == "__main__":
     main_wrapper(main)

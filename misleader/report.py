@@ -34,6 +34,7 @@ VERIFY_COLUMNS = ["dataset", "victim_acc", "clone_acc", "fidelity", "queries_use
 # accuracies) and wall_s cannot be recomputed from a checkpoint and are not checked.
 VERIFIED_FIELDS = ("victim_acc", "clone_acc", "fidelity", "queries_used")
 PLOT_FILES = ("clone_vs_queries.png", "utility_vs_protection.png", "protection_vs_queries.png")
+HALF_DIGIT = 5e-5  # half the last of the CSV's 4 decimals: a recomputed accuracy this close equals the CSV's value
 
 
 # ----------------------------------------------------------------------------- reading
@@ -71,7 +72,7 @@ def one_checkpoint_per_victim(rows, path):
                             f"paths, {p} and {q}: one label, one checkpoint; give the other victim its own --label")
         a, b = rows[j].get("victim_acc") or "", r.get("victim_acc") or ""
         try:
-            same = abs(float(a) - float(b)) < 5e-5
+            same = abs(float(a) - float(b)) < HALF_DIGIT
         except ValueError:
             same = a == b
         if not same:
@@ -533,7 +534,7 @@ def _build_report(rows, csv_path, out_dir, shown_dir, config, grid_names, aware,
 
 # ----------------------------------------------------------------------------- verification
 
-def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=5e-5, recompute=None, rows=None,
+def verify(csv_path, data_root="data", device="cpu", config=None, tolerance=HALF_DIGIT, recompute=None, rows=None,
            images=1):
     """Recompute victim_acc, clone_acc, fidelity and (where recorded) clone_val_acc of every row from its
     checkpoints, and read queries_used from the attack checkpoint.
@@ -650,7 +651,7 @@ def _compared(i, r, recomputed, fields, tolerance):
 
 def _apart(csv_value, value):
     """An accuracy that verify accepted but that differs from the CSV's 4 decimals."""
-    return abs(value - csv_value) > 5e-5
+    return abs(value - csv_value) > HALF_DIGIT
 
 
 def _val(field, v):
