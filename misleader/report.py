@@ -649,9 +649,10 @@ def _compared(i, r, recomputed, fields, tolerance):
     return out
 
 
-def _apart(csv_value, value):
-    """An accuracy that verify accepted but that differs from the CSV's 4 decimals."""
-    return abs(value - csv_value) > HALF_DIGIT
+def _apart(field, csv_value, value, ok):
+    """A check of verify's (field, csv value, recomputed value, ok): an accuracy it accepted that differs from the
+    CSV's 4 decimals."""
+    return ok and field != "queries_used" and abs(value - csv_value) > HALF_DIGIT
 
 
 def _val(field, v):
@@ -672,7 +673,7 @@ def format_verify(rows, results):
         if bad:
             lines.append(f"{who}: MISMATCH " + ", ".join(f"{f} csv {_val(f, c)} recomputed {_val(f, v)}" for f, c, v, _ in bad))
         else:
-            apart = [c for c in checks if c[0] != "queries_used" and _apart(c[1], c[2])]
+            apart = [c for c in checks if _apart(*c)]
             lines.append(f"{who}: OK " + ", ".join(f"{f} {_val(f, v)}" for f, _, v, _ in checks) + (
                 "; not to the digit: " + ", ".join(f"{f} csv {_val(f, c)}" for f, c, _, _ in apart) if apart else ""))
     return lines
@@ -742,14 +743,14 @@ def main(argv):
             print(best)
         return
     if args.verify:
-        rows = filter_config(load_results(args.csv, VERIFY_COLUMNS), args.config, args.csv)  # read once
         if args.verify_images < 0:
             raise UserError(f"--verify_images must be 0 or more, got {args.verify_images}")
+        rows = filter_config(load_results(args.csv, VERIFY_COLUMNS), args.config, args.csv)  # read once
         results = verify(args.csv, args.data_root, args.device, args.config, rows=rows, images=args.verify_images)
         for line in format_verify(rows, results):
             print(line)
         bad = sorted({i for i, _, _, _, ok in results if not ok})
-        apart = {i for i, f, c, v, ok in results if ok and f != "queries_used" and _apart(c, v)}
+        apart = {i for i, *check in results if _apart(*check)}
         print(f"verified {len(rows)} row(s): {len(rows) - len(bad)} OK" + (
             f" ({len(apart)} of them within {args.verify_images} image(s) of the split but not to the digit: "
             "named above)" if apart else "")
