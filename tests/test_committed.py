@@ -28,6 +28,11 @@ VICTIMS = ["Defense/cache/teacher/fashionmnist-lenet5-v2.pt", "Defense/cache/def
            "Defense/ensemble/fashionmnist-v2-homo.pt"]
 
 
+def _rows():
+    """The fashionmnist_v2 rows of results/results.csv (the columns verify reads)."""
+    return report.filter_config(report.load_results(CSV, report.VERIFY_COLUMNS), CONFIG, CSV)
+
+
 def _need_fashion():
     if not os.path.isdir(D.SYSTEM_FASHION_MNIST) and not os.path.isdir(os.path.join(REPO, "data", "FashionMNIST")):
         pytest.skip("Fashion-MNIST is not on this machine (Debian's dataset-fashion-mnist)")
@@ -53,7 +58,7 @@ RECOMPUTED = 8
 
 def test_every_fashionmnist_v2_row_verifies_from_committed_checkpoints():
     """Every row's checkpoints are committed and hold its query count; the newest rows' accuracies recompute."""
-    rows = report.filter_config(report.load_results(CSV, report.VERIFY_COLUMNS), CONFIG, CSV)
+    rows = _rows()
     assert rows, f"no {CONFIG} rows in {CSV}"
     _need_fashion()
     newest = set(range(max(0, len(rows) - RECOMPUTED), len(rows)))
@@ -86,7 +91,7 @@ def test_committed_clone_checkpoints_hold_the_clone_only():
     DisGUIDE's second clone: where the attack had them they are named under ``left_out`` (README, "Why
     fashionmnist_v2"), so the repository grows by about 0.25 MB a run."""
     from misleader import checkpoint
-    rows = report.filter_config(report.load_results(CSV, report.VERIFY_COLUMNS), CONFIG, CSV)
+    rows = _rows()
     fat = []
     for r in rows:
         keys = set(checkpoint.load(os.path.join(REPO, r["attack_path"])))
