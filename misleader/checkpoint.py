@@ -109,6 +109,26 @@ def check(ckpt, path, kind=None, arch=None, num_classes=None, in_channels=None, 
     return ckpt
 
 
+def _is_model_state(value):
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def slim_attack(ck, path):
+    """The attack checkpoint ``ck`` (read from ``path``) without the models other than the clone: a generator
+    attack saves its generator and extra clones (DisGUIDE's second) beside the clone, 3-5 MB that a committed
+    record does not need. Returns (slimmed copy, sorted names dropped); their names join ``left_out``. Nothing
+    to drop: ([], the same dict). Anything but an attack's clone is refused (a victim is kept whole)."""
+    if ck.get("kind") != "attack":
+        raise UserError(f"{path} is not an attack's clone (kind {ck.get('kind')!r}): nothing to slim "
+                        f"(only the checkpoints DFME/*.py save at the end of a run)")
+    drop = sorted(k for k, v in ck.items() if k != "state_dict" and _is_model_state(v))
+    if not drop:
+        return ck, drop
+    out = {k: v for k, v in ck.items() if k not in drop}
+    out["left_out"] = sorted(set(ck.get("left_out", [])) | set(drop))
+    return out, drop
+
+
 def split_seed_of(ck):
     """The train/validation split seed a checkpoint was trained with (before --split_seed existed: --seed)."""
     args = ck.get("args") or {}

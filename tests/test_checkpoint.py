@@ -2,6 +2,7 @@
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -265,3 +266,64 @@ def test_an_atomic_write_makes_its_rename_durable_by_syncing_the_folder(tmp_path
     monkeypatch.setattr(os, "fsync", recording)
     checkpoint.write_atomic(str(tmp_path / "f.txt"), lambda f: f.write("x"), binary=False)
     assert synced == [("file", False), ("folder", True)]  # the data before the rename, the folder after it
+
+
+def _script(rel):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("slim_script", os.path.join(REPO, rel))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _attack_ckpt(path, *extras):
+    """An attack's final checkpoint as the generator attacks save it: the clone and its record, plus the
+    generator and the named extra clones."""
+    from misleader.models import Generator
+    torch.manual_seed(0)
+    clone = create_model("lenet5", num_classes=10, in_channels=1).eval()
+    payload = checkpoint.classifier_payload(clone, "lenet5", "fashionmnist", 10, 1,
+                                            metrics={"clone_acc": 0.5, "queries_used": 1000}, args={"seed": 3},
+                                            seed=3, kind="attack")
+    payload["victim_path"] = "Defense/ensemble/fashionmnist-v2.pt"
+    payload["generator"] = Generator(nz=256, ngf=32, nc=1).state_dict()
+    for name in extras:
+        payload[name] = create_model("lenet5", num_classes=10, in_channels=1).state_dict()
+    checkpoint.save(str(path), payload)
+    return clone, payload
+
+
+def test_slim_keeps_the_clone_and_its_record_and_names_what_it_drops(tmp_path, capsys):
+    path = tmp_path / "run.pt"
+    clone, payload = _attack_ckpt(path, "clone2")
+    fat = os.path.getsize(path)
+    _script("DFME/slim.py").main([str(path)])
+    assert "dropped clone2, generator" in capsys.readouterr().out
+    ck = checkpoint.load(str(path))
+    assert ck["left_out"] == ["clone2", "generator"]
+    assert set(ck) == set(payload) - {"generator", "clone2"} | {"left_out"}
+    for key in ("metrics", "args", "seed", "victim_path", "kind", "arch", "dataset"):
+        assert ck[key] == payload[key], key
+    assert ck["state_dict"].keys() == payload["state_dict"].keys()
+    assert all(torch.equal(ck["state_dict"][k], v) for k, v in payload["state_dict"].items())
+    assert os.path.getsize(path) < fat / 5  # the generator is most of the file
+    x = torch.randn(4, 1, 32, 32)
+    model = checkpoint.build_classifier(ck)
+    assert torch.equal(model.eval()(x), clone(x))
+    before = path.read_bytes()
+    _script("DFME/slim.py").main([str(path)])  # a second pass changes nothing
+    assert "already slim" in capsys.readouterr().out and path.read_bytes() == before
+
+
+def test_slim_refuses_a_victim_or_a_missing_file_and_then_changes_no_file(tmp_path, lenet_ckpt, monkeypatch, capsys):
+    good = tmp_path / "run.pt"
+    _attack_ckpt(good)
+    mod = _script("DFME/slim.py")
+    for bad, words in ((lenet_ckpt[1], ["'classifier'", "not an attack"]), (str(tmp_path / "none.pt"), ["not found"])):
+        before = good.read_bytes(), Path(lenet_ckpt[1]).read_bytes()
+        monkeypatch.setattr(sys, "argv", ["DFME/slim.py", str(good), bad])
+        with pytest.raises(SystemExit) as ex:
+            mod.main_wrapper(mod.main)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert ex.value.code == 2 and len(err) == 1 and all(w in err[0] for w in words), err
+        assert (good.read_bytes(), Path(lenet_ckpt[1]).read_bytes()) == before
