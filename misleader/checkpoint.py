@@ -115,9 +115,9 @@ def _is_model_state(value):
 
 def slim_attack(ck, path):
     """The attack checkpoint ``ck`` (read from ``path``) without the models other than the clone: a generator
-    attack saves its generator and extra clones (DisGUIDE's second) beside the clone, 3-5 MB that a committed
-    record does not need. Returns (slimmed copy, sorted names dropped); their names join ``left_out``. Nothing
-    to drop: ([], the same dict). Anything but an attack's clone is refused (a victim is kept whole)."""
+    attack saves its generator (4.4 MB at ngf 32) and extra clones (DisGUIDE's second) beside the clone, which a
+    committed record does not need. Returns (slimmed copy, sorted names dropped); their names join ``left_out``.
+    Nothing to drop: (the same dict, []). Anything but an attack's clone is refused (a victim is kept whole)."""
     if ck.get("kind") != "attack":
         raise UserError(f"{path} is not an attack's clone (kind {ck.get('kind')!r}): nothing to slim "
                         f"(only the checkpoints DFME/*.py save at the end of a run)")

@@ -315,11 +315,28 @@ def test_slim_keeps_the_clone_and_its_record_and_names_what_it_drops(tmp_path, c
     assert "already slim" in capsys.readouterr().out and path.read_bytes() == before
 
 
+def test_slim_keeps_a_knockoff_clone_whole_and_slims_a_file_named_twice_once(tmp_path, capsys):
+    knock, fat = tmp_path / "knockoff.pt", tmp_path / "dfme.pt"
+    _, payload = _attack_ckpt(knock)
+    del payload["generator"]
+    payload["pool"] = "fashionmnist"  # Knockoff's record of its query pool: a string, kept
+    checkpoint.save(str(knock), payload)
+    _attack_ckpt(fat, "clone2")
+    before = knock.read_bytes()
+    _script("DFME/slim.py").main([str(knock), str(fat), str(tmp_path / "." / "dfme.pt")])
+    out = capsys.readouterr().out
+    assert "knockoff.pt: already slim" in out and knock.read_bytes() == before
+    assert out.count("dropped") == 1 and checkpoint.load(str(fat))["left_out"] == ["clone2", "generator"]
+
+
 def test_slim_refuses_a_victim_or_a_missing_file_and_then_changes_no_file(tmp_path, lenet_ckpt, monkeypatch, capsys):
     good = tmp_path / "run.pt"
     _attack_ckpt(good)
     mod = _script("DFME/slim.py")
-    for bad, words in ((lenet_ckpt[1], ["'classifier'", "not an attack"]), (str(tmp_path / "none.pt"), ["not found"])):
+    state = tmp_path / "run.state.pt"  # a run's resumable state is not a finished clone either
+    checkpoint.save(str(state), checkpoint.payload("attack-state", "lenet5", attack={}))
+    for bad, words in ((lenet_ckpt[1], ["'classifier'", "not an attack"]), (str(tmp_path / "none.pt"), ["not found"]),
+                       (str(state), ["'attack-state'", "not an attack"])):
         before = good.read_bytes(), Path(lenet_ckpt[1]).read_bytes()
         monkeypatch.setattr(sys, "argv", ["DFME/slim.py", str(good), bad])
         with pytest.raises(SystemExit) as ex:

@@ -87,7 +87,7 @@ def test_teacher_sh_keeps_the_committed_v2_teacher(tmp_path):
 
 
 def test_committed_clone_checkpoints_hold_the_clone_only():
-    """A committed attack checkpoint keeps the clone and its record, not the generator (3-4 MB each) nor
+    """A committed attack checkpoint keeps the clone and its record, not the generator (4.4 MB each) nor
     DisGUIDE's second clone (README, "Why fashionmnist_v2"), so the repository grows by about 0.25 MB a run."""
     from misleader import checkpoint
     fat = []
