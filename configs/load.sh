@@ -54,9 +54,11 @@ MISINFO_ARCH=""        # set (e.g. lenet5): train.sh also trains the misinformat
                        # misinformation API defense, Defense/cache/misinfo/<dataset>-<arch>[-tag].pt
 MISINFO_ARGS=()        # extra flags for Defense/train_misinformation.py (e.g. --epochs 5)
 RESULTS="${RESULTS:-results/results.csv}"  # environment may override: RESULTS=results/mine.csv bash test.sh
+DATA_ROOT="${DATA_ROOT:-}"  # environment may override: the datasets' folder for every stage (empty: data/)
 # shellcheck source=/dev/null
 source "configs/${CONFIG}.sh"
 COMMON=(--dataset "$DATASET" --seed "$SEED" --device "$DEVICE" --progress "$PROGRESS")
+[ -n "$DATA_ROOT" ] && COMMON+=(--data_root "$DATA_ROOT")
 [ -n "$VAL_SIZE" ] && COMMON+=(--val_size "$VAL_SIZE")
 TAGARG=()
 [ -n "$TAG" ] && TAGARG=(--tag "$TAG")
@@ -109,9 +111,9 @@ run_attack() {  # entry-point label seed budget flags...: what every attack call
     local script="$1" label="$2" seed="$3" budget="$4"
     shift 4
     run python "$script" --dataset "$DATASET" --device "$DEVICE" --progress "$PROGRESS" --resume "$RESUME" \
-        ${VAL_SIZE:+--val_size "$VAL_SIZE"} "${ATTACK_TAGARG[@]}" --seed "$seed" --label "$label" \
-        --teacher_model "$TEACHER_MODEL" --student_model "${STUDENT:-${STUDENTS[0]}}" --query_budget "$budget" \
-        --config "$CONFIG" --results "$RESULTS" "$@"
+        ${VAL_SIZE:+--val_size "$VAL_SIZE"} ${DATA_ROOT:+--data_root "$DATA_ROOT"} "${ATTACK_TAGARG[@]}" \
+        --seed "$seed" --label "$label" --teacher_model "$TEACHER_MODEL" --student_model "${STUDENT:-${STUDENTS[0]}}" \
+        --query_budget "$budget" --config "$CONFIG" --results "$RESULTS" "$@"
 }
 dfme_attack() {  # label seed victim-and-extra-flags... (with --MAZE 1 in DFME_ARGS, set DFME_BATCH=128: typed flags win)
     local label="$1" seed="$2"

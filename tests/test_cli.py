@@ -8,6 +8,7 @@ its main_wrapper with a patched sys.argv, which exercises the same parse / main 
 import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -344,3 +345,27 @@ def test_every_shell_script_has_a_help_that_trains_nothing(script, says, tmp_pat
         assert proc.returncode == 0 and proc.stderr == "", (script, proc.stderr)
         assert says in proc.stdout and "set -euo" not in proc.stdout and not proc.stdout.startswith("#")
     assert os.listdir(tmp_path) == []
+
+
+def test_data_root_reaches_every_stage_of_the_shell_scripts(tmp_path):
+    """`bash train.sh --data_root X` reached the members only (not the ensemble or the misinformation model) and
+    test.sh's extra flags reach DFME only: a dataset kept outside data/ needs one variable for every stage."""
+    env = {**os.environ, "CONFIG": "smoke", "MISLEADER_OFFLINE": "1"}
+    for data_root in (None, str(tmp_path / "my data")):
+        e = dict(env, DATA_ROOT=data_root) if data_root else env
+        out = subprocess.run(["bash", "compare.sh", "--list"], cwd=REPO, env=e, capture_output=True, text=True,
+                             timeout=120, check=True).stdout
+        lines = [ln for ln in out.splitlines() if ln.startswith("python ")]
+        assert {ln.split()[1] for ln in lines} >= {"Defense/train_defense.py", "Defense/ensemble.py", "DFME/dfme.py",
+                                                   "DFME/knockoff.py"}
+        if data_root is None:
+            assert not any("--data_root" in ln for ln in lines)
+        else:
+            words = [shlex.split(ln) for ln in lines]  # a line is a shell command: the folder quoted as needed
+            assert all(w[w.index("--data_root") + 1] == data_root for w in words), lines
+    # teacher.sh runs its stage directly: a missing dataset is looked for, and named, in DATA_ROOT
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run(["bash", "teacher.sh"], cwd=REPO, env=dict(env, CONFIG="mnist", DATA_ROOT=str(empty)),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert str(empty) in _one_error_line(proc)
