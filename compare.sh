@@ -10,7 +10,8 @@
 #   3. final  DFME at QUERY_BUDGET with each victim's strongest grid setting (the highest clone accuracy on the
 #             validation split, never the test set): paired seeds COMPARE_SEEDS for teacher and MISLEADER,
 #             VARIANT_SEEDS for the other two; the API_DEFENSES and MISLEADER_VARIANTS searched at GRID_BUDGET
-#             (a variant: MISLEADER's strongest setting and VARIANT_GRID's)
+#             (a variant: MISLEADER's strongest setting and VARIANT_GRID's), FINAL_DEFENSES and FINAL_VARIANTS
+#             then at QUERY_BUDGET on the paired seeds with the strongest of their search
 # Finished runs are skipped (RESUME=1), so compare.sh can be rerun after an interruption; it ends with report.sh on
 # $RESULTS (a --list of all phases or of final ends with that command as a comment).
 #   CONFIG=smoke bash compare.sh
@@ -97,6 +98,11 @@ done
 for name in "${VARIANT_GRID[@]}"; do
     in_list "$name" "${NAMES[@]}" || { echo "error: VARIANT_GRID: '$name' is not a DFME_GRID setting (${NAMES[*]})" >&2; exit 2; }
 done
+for name in "${FINAL_VARIANTS[@]}"; do
+    in_list "misleader-$name" "${KNOBS[@]}" ||
+        { echo "error: FINAL_VARIANTS: '$name' names no MISLEADER_VARIANTS entry (${KNOBS[*]#misleader-})" >&2; exit 2; }
+done
+final_variant() { in_list "${1#misleader-}" "${FINAL_VARIANTS[@]}"; }  # label: is it a FINAL_VARIANTS ensemble
 
 # phase 1 in two steps: the members (independent runs), then the ensembles that read them
 member() { if phase train; then train_member "$@"; fi; }
@@ -185,8 +191,12 @@ if phase grid; then
         done
     done
     for victim in "${KNOBS[@]}"; do
-        # shellcheck disable=SC2086
-        knockoff_attack "$victim" "$GRID_SEED" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]}
+        seeds=("$GRID_SEED")
+        if final_variant "$victim"; then seeds=("${COMPARE_SEEDS[@]}"); fi
+        for seed in "${seeds[@]}"; do
+            # shellcheck disable=SC2086
+            knockoff_attack "$victim" "$seed" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]}
+        done
     done
     for victim in teacher misleader; do
         for budget in "${KNOCKOFF_CURVE[@]}"; do
@@ -264,17 +274,35 @@ if phase final; then
             done
         done
     done
-    # MISLEADER_VARIANTS: MISLEADER's strongest setting and VARIANT_GRID's at GRID_BUDGET, seed GRID_SEED (the search)
+    # MISLEADER_VARIANTS: MISLEADER's strongest setting and VARIANT_GRID's at GRID_BUDGET, seed GRID_SEED (the
+    # search); FINAL_VARIANTS also at QUERY_BUDGET on the paired seeds, with the search's strongest on validation
     for victim in "${KNOBS[@]}"; do
         if [ ${#NAMES[@]} -eq 0 ]; then
-            # shellcheck disable=SC2086
-            dfme_attack "$victim" "$GRID_SEED" ${VICTIM[$victim]}
+            seeds=("$GRID_SEED")
+            if final_variant "$victim"; then seeds=("${COMPARE_SEEDS[@]}"); fi
+            for seed in "${seeds[@]}"; do
+                # shellcheck disable=SC2086
+                dfme_attack "$victim" "$seed" ${VICTIM[$victim]}
+            done
             continue
         fi
         [ -z "${BEST[misleader]:-}" ] && continue  # waits for MISLEADER's grid
-        for name in $(distinct "${BEST[misleader]}" "${VARIANT_GRID[@]}"); do
+        searched=$(distinct "${BEST[misleader]}" "${VARIANT_GRID[@]}")
+        for name in $searched; do
             # shellcheck disable=SC2086
             best_attack "$victim" "$GRID_SEED" "$GRID_BUDGET" "$GRID_TAG" "$name" ${VICTIM[$victim]}
+        done
+        final_variant "$victim" || continue
+        # shellcheck disable=SC2086
+        vbest=$(python -m misleader.report --csv "$RESULTS" --config "$CONFIG" --strongest "$victim" \
+                --grid_budget "$GRID_BUDGET" --grid_seed "$GRID_SEED" --grid $searched)
+        if [ -z "$vbest" ]; then
+            say "$victim: no final runs yet, its search is not complete"
+            continue
+        fi
+        for seed in "${COMPARE_SEEDS[@]}"; do
+            # shellcheck disable=SC2086
+            best_attack "$victim" "$seed" "$QUERY_BUDGET" "$ATTACK_TAG" "$vbest" ${VICTIM[$victim]}
         done
     done
     if [ "$COMPARE_EXTRAS" = 1 ]; then

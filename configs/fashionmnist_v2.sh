@@ -20,3 +20,7 @@ API_DEFENSES=("rounding:decimals=1" "rounding:decimals=2" "topk:k=1" "reverse_si
               "adaptive_misinformation:tau=0.483,nu=1000,model=$MISINFO"
               "adaptive_misinformation:tau=0.519,nu=1000,model=$MISINFO")
 FINAL_DEFENSES=()
+# MISLEADER trained again from another seed (members' --seed 1, ensemble v2-seed1, label misleader-seed1): whether
+# its protection belongs to the method or to one set of weights; attacked like MISLEADER on the paired seeds
+MISLEADER_VARIANTS+=("seed1 --seed 1")
+FINAL_VARIANTS=(seed1)

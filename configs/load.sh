@@ -37,6 +37,9 @@ MISLEADER_VARIANTS=()  # "name flags...": the config's members retrained with ot
                        # "aiter3 --a_iter 3") into ensemble <tag>-name, label misleader-name; searched like API_DEFENSES
 VARIANT_GRID=()        # DFME_GRID settings the MISLEADER_VARIANTS also meet, besides MISLEADER's strongest (e.g. those
                        # strongest on the other ensembles); each variant's strongest of them on validation counts
+FINAL_VARIANTS=()      # of MISLEADER_VARIANTS' names, those also attacked at QUERY_BUDGET on the paired COMPARE_SEEDS
+                       # with their search's strongest setting, and by Knockoff on COMPARE_SEEDS (e.g. "seed1" for
+                       # the variant "seed1 --seed 1": MISLEADER trained again from another seed)
 COMPARE_EXTRAS=0       # 1: also DFME on each member alone and on MISLEADER with --probs_as_logits (first seed)
 LIST="${LIST:-0}"      # 1: stage functions print their command line instead of running it (compare.sh --list)
 DEVICE="${DEVICE:-auto}"     # environment may override: DEVICE=cpu bash test.sh

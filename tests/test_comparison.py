@@ -286,6 +286,64 @@ def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
     assert bad.returncode == 2 and "AWARE_GRID: 'a' is already a DFME_GRID setting" in bad.stderr
 
 
+def test_a_final_variant_meets_its_searchs_strongest_at_the_full_budget_on_the_paired_seeds(tmp_path):
+    """FINAL_VARIANTS (e.g. MISLEADER trained again from another seed): once its search is complete, the variant
+    meets the search's strongest setting on validation at QUERY_BUDGET on every COMPARE_SEEDS seed, and Knockoff
+    on those seeds; a variant not named there keeps its search only. A name that is no variant: one line, exit 2."""
+    from misleader.results import COLUMNS
+    from tests.test_report import _write_csv
+    _copy_compare(tmp_path)
+    with open(tmp_path / "configs/fv.sh", "w") as f:
+        f.write('source configs/smoke.sh\nCONFIG=c\nGRID_BUDGET=1\nQUERY_BUDGET=2\nCOMPARE_SEEDS=(0 1 2)\n'
+                'DFME_GRID=("a dfme --steps 0.5" "b dfme --steps 0.3")\nAPI_DEFENSES=()\n'
+                'MISLEADER_VARIANTS=("lam1 --lambda_ 1" "seed1 --seed 1")\nVARIANT_GRID=(b)\nFINAL_VARIANTS=(seed1)\n')
+    os.makedirs(tmp_path / "results")
+    rows = [_row(v, setting=s, val=val, dataset="synthetic") for v in ("teacher", "misleader")
+            for s, val in (("a", "0.7"), ("b", "0.6"))]  # MISLEADER's strongest: a
+    rows.append(_row("misleader-seed1", setting="a", val="0.5", dataset="synthetic"))
+    _write_csv(tmp_path / "results/results.csv", rows, COLUMNS)
+
+    def runs(phase="final"):
+        """{label: [(entry point, seed, budget, setting)]} of a phase's listing, and the listing."""
+        proc = _compare_list(tmp_path, "fv", phase)
+        assert proc.returncode == 0, proc.stderr
+        found = {}
+        for ln in proc.stdout.splitlines():
+            if ln.startswith("python DFME/"):
+                w = ln.split()
+                found.setdefault(w[w.index("--label") + 1], []).append(
+                    (w[1], w[w.index("--seed") + 1], w[w.index("--query_budget") + 1],
+                     w[w.index("--setting") + 1] if "--setting" in w else None))
+        return found, proc.stdout
+    search = [("DFME/dfme.py", "0", "1", "a"), ("DFME/dfme.py", "0", "1", "b")]
+    found, out = runs()  # its search is not complete: b has no run yet
+    assert found["misleader-seed1"] == search
+    assert "misleader-seed1: no final runs yet, its search is not complete" in out
+    rows.append(_row("misleader-seed1", setting="b", val="0.55", dataset="synthetic"))  # b is its strongest
+    _write_csv(tmp_path / "results/results.csv", rows, COLUMNS)
+    found, _ = runs()
+    assert found["misleader-seed1"] == search + [("DFME/dfme.py", s, "2", "b") for s in "012"]
+    assert found["misleader-lam1"] == search
+    grid, _ = runs("grid")
+    assert [r[1] for r in grid["misleader-seed1"] if r[0] == "DFME/knockoff.py"] == ["0", "1", "2"]
+    assert [r[1] for r in grid["misleader-lam1"] if r[0] == "DFME/knockoff.py"] == ["0"]
+    train = _compare_list(tmp_path, "fv", "train").stdout  # the variant's flag replaces the training seed
+    seed1 = [ln.split() for ln in train.splitlines() if "--tag seed1" in ln]
+    assert len(seed1) >= 2 and all(w.count("--seed") == 1 and w[w.index("--seed") + 1] == "1" for w in seed1)
+    # the report's headline pairs those runs with the teacher's at the same budget, each its own strongest
+    rows += [_row(v, budget=2000000, seed=sd, setting=st, clone=c, val=c, dataset="synthetic")
+             for sd in (0, 1, 2) for v, st, c in (("teacher", "a", f"0.8{sd}"), ("misleader-seed1", "b", f"0.6{sd}"))]
+    entry = next(e for e in comparison.headline(rows, ["a", "b"], variant_grid=["b"])
+                 if e["key"] == ("misleader-seed1", "none"))
+    assert (entry["dfme_setting"], entry["dfme_budget"], entry["teacher_setting"]) == ("b", 2000000, "a")
+    assert entry["dfme_protection"]["seeds"] == [0, 1, 2] and entry["dfme_protection"]["mean"] == pytest.approx(0.2)
+    with open(tmp_path / "configs/fv.sh", "a") as f:
+        f.write('FINAL_VARIANTS=(seed2)\n')
+    bad = _compare_list(tmp_path, "fv", "final", timeout=60)
+    assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.splitlines()) == 1
+    assert "FINAL_VARIANTS: 'seed2' names no MISLEADER_VARIANTS entry (lam1 seed1)" in bad.stderr
+
+
 def test_a_misleader_variants_search_is_misleaders_strongest_and_the_variant_grid(tmp_path):
     """The report names only a variant's search runs (MISLEADER's strongest grid setting plus VARIANT_GRID) as
     still to run, and its headline run is the stronger of them on validation (compare.sh's listing of them:
