@@ -238,21 +238,29 @@ def test_the_full_grid_list_shows_settings_not_run_yet():
     assert "| teacher | 50.00 / 50.00 | - | grid incomplete: b |" in comparison.grid_table(rows, ["a", "b"])
 
 
+def _two_grids(folder, config, body):
+    """compare.sh in ``folder`` with config ``config`` (smoke's, GRID_BUDGET 1, a grid of settings a and b, then
+    ``body``) and a results CSV where teacher and MISLEADER ran both (a the stronger on validation); the rows."""
+    from misleader.results import COLUMNS
+    from tests.test_report import _write_csv
+    _copy_compare(folder)
+    with open(folder / f"configs/{config}.sh", "w") as f:
+        f.write('source configs/smoke.sh\nCONFIG=c\nGRID_BUDGET=1\nDFME_GRID=("a dfme --steps 0.5" "b dfme --steps 0.3")\n'
+                + body)
+    os.makedirs(folder / "results")
+    rows = [_row(v, setting=s, val=val, dataset="synthetic") for v in ("teacher", "misleader")
+            for s, val in (("a", "0.7"), ("b", "0.6"))]
+    _write_csv(folder / "results/results.csv", rows, COLUMNS)
+    return rows
+
+
 def test_aware_settings_reach_only_the_defenses_they_name(tmp_path):
     """compare.sh --list final with both grids complete: every defense meets its bare model's strongest setting
     (a: best on validation), and an aware setting (b from the grid, c from AWARE_GRID) only where AWARE_SETTINGS
     names the defense."""
-    from misleader.results import COLUMNS
-    from tests.test_report import _write_csv
-    _copy_compare(tmp_path)
-    with open(tmp_path / "configs/aware.sh", "w") as f:
-        f.write('source configs/smoke.sh\nCONFIG=c\nGRID_BUDGET=1\nDFME_GRID=("a dfme --steps 0.5" "b dfme --steps 0.3")\n'
-                'API_DEFENSES=("rounding:decimals=1" "topk:k=1")\nAWARE_GRID=("c disguide --loss kl")\n'
-                'AWARE_SETTINGS=("b rounding" "c topk")\nMISLEADER_VARIANTS=("lam1 --lambda_ 1")\nVARIANT_GRID=(b)\n')
-    os.makedirs(tmp_path / "results")
-    rows = [_row(v, setting=s, val=val, dataset="synthetic") for v in ("teacher", "misleader")
-            for s, val in (("a", "0.7"), ("b", "0.6"))]
-    _write_csv(tmp_path / "results/results.csv", rows, COLUMNS)
+    rows = _two_grids(tmp_path, "aware", 'API_DEFENSES=("rounding:decimals=1" "topk:k=1")\n'
+                      'AWARE_GRID=("c disguide --loss kl")\nAWARE_SETTINGS=("b rounding" "c topk")\n'
+                      'MISLEADER_VARIANTS=("lam1 --lambda_ 1")\nVARIANT_GRID=(b)\n')
     proc = _compare_list(tmp_path, "aware", "final")
     assert proc.returncode == 0, proc.stderr
     runs = [ln for ln in proc.stdout.splitlines() if "--api_defense" in ln]
@@ -292,14 +300,9 @@ def test_a_final_variant_meets_its_searchs_strongest_at_the_full_budget_on_the_p
     on those seeds; a variant not named there keeps its search only. A name that is no variant: one line, exit 2."""
     from misleader.results import COLUMNS
     from tests.test_report import _write_csv
-    _copy_compare(tmp_path)
-    with open(tmp_path / "configs/fv.sh", "w") as f:
-        f.write('source configs/smoke.sh\nCONFIG=c\nGRID_BUDGET=1\nQUERY_BUDGET=2\nCOMPARE_SEEDS=(0 1 2)\n'
-                'DFME_GRID=("a dfme --steps 0.5" "b dfme --steps 0.3")\nAPI_DEFENSES=()\n'
-                'MISLEADER_VARIANTS=("lam1 --lambda_ 1" "seed1 --seed 1")\nVARIANT_GRID=(b)\nFINAL_VARIANTS=(seed1)\n')
-    os.makedirs(tmp_path / "results")
-    rows = [_row(v, setting=s, val=val, dataset="synthetic") for v in ("teacher", "misleader")
-            for s, val in (("a", "0.7"), ("b", "0.6"))]  # MISLEADER's strongest: a
+    rows = _two_grids(tmp_path, "fv", 'QUERY_BUDGET=2\nCOMPARE_SEEDS=(0 1 2)\nAPI_DEFENSES=()\n'
+                      'MISLEADER_VARIANTS=("lam1 --lambda_ 1" "seed1 --seed 1")\nVARIANT_GRID=(b)\n'
+                      'FINAL_VARIANTS=(seed1)\n')  # MISLEADER's strongest: a
     rows.append(_row("misleader-seed1", setting="a", val="0.5", dataset="synthetic"))
     _write_csv(tmp_path / "results/results.csv", rows, COLUMNS)
 
