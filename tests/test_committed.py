@@ -25,7 +25,10 @@ VICTIMS = ["Defense/cache/teacher/fashionmnist-lenet5-v2.pt", "Defense/cache/def
            *[f"Defense/cache/defense/fashionmnist-{a}-v2-lam0.pt" for a in ("lenet5", "lenet5half", "lenet5fifth")],
            "Defense/ensemble/fashionmnist-v2-lam0.pt",
            *[f"Defense/cache/defense/fashionmnist-lenet5-v2-homo{i}.pt" for i in (1, 2, 3)],
-           "Defense/ensemble/fashionmnist-v2-homo.pt"]
+           "Defense/ensemble/fashionmnist-v2-homo.pt",
+           # MISLEADER trained again from seed 1 (the variant seed1)
+           *[f"Defense/cache/defense/fashionmnist-{a}-v2-seed1.pt" for a in ("lenet5", "lenet5half", "lenet5fifth")],
+           "Defense/ensemble/fashionmnist-v2-seed1.pt"]
 
 
 def _rows():
