@@ -508,9 +508,12 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
     lines = ["| " + " | ".join(head) + " |", "|" + "".join("---|" if h in text else "---:|" for h in head)]
     for e in entries:
         name = e["dfme_setting"] or "config default"
-        attack = "-" if e["dfme_budget"] is None else \
+        kind = "search" if e["search"] else "grid"
+        not_started = e["dfme_budget"] is None and bool(e["grid_missing"])  # no data-free run yet: it may clone better
+        attack = (f"- ({kind} not started: {len(e['grid_missing'])} setting(s) to run: {' '.join(e['grid_missing'])})"
+                  if not_started else "-") if e["dfme_budget"] is None else \
             (name if name == e["dfme_attack"] else f"{e['dfme_attack']} {name}") + f", {e['dfme_budget']:,} queries" + \
-            (f" ({'search' if e['search'] else 'grid'} incomplete, {len(e['grid_missing'])} setting(s) "
+            (f" ({kind} incomplete, {len(e['grid_missing'])} setting(s) "
              f"to run: {' '.join(e['grid_missing'])}" + ("" if e["final_pending"] else "; best on validation so far")
              + ")" if e["grid_missing"] else "") + \
             (f" (the grid's strongest{' so far' if e['grid_missing'] else ''} is now {e['final_pending']}: " +
@@ -539,7 +542,9 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
                   (f" (against the teacher's {o['teacher_attack']}, its strongest of the attacks this victim met "
                    "at the same budgets)" if o["protection"] and o["teacher_attack"] != t_all else "") +
                   (" (the teacher's grid incomplete: its strongest of all may still rise)"
-                   if o["protection"] and t_open else "")]
+                   if o["protection"] and t_open else "") +
+                  (f" (its data-free {kind} not started: this may still fall)" if o["protection"] and not_started
+                   else "")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Clone accuracy: mean ± sample std (seeds). Protection: the bare teacher's clone minus this victim's "
                   "clone under the same attack, budget and seed; mean ± std [95 % Student-t interval] (paired seeds). "

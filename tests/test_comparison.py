@@ -370,6 +370,23 @@ def test_a_misleader_variants_search_is_misleaders_strongest_and_the_variant_gri
     assert bad.returncode == 2 and "VARIANT_GRID: 'zz' is not a DFME_GRID setting" in bad.stderr and bad.stdout == ""
 
 
+def test_a_victim_whose_data_free_runs_have_not_started_says_so_in_the_headline():
+    """A variant or defended API with Knockoff rows only showed a bare "-" as its data-free attack, and its strongest
+    of all (Knockoff) with no word that the data-free search, which may clone it better, had not run yet."""
+    rows = [_row(v, setting=s, val=val) for v in ("teacher", "misleader") for s, val in (("a", "0.7"), ("b", "0.6"))]
+    knock = {"attack": "knockoff", "budget": 20000, "settings": "pool=fashionmnist"}
+    rows += [_row("teacher", clone="0.87", val="0.87", **knock), _row("misleader-seed1", clone="0.86", val="0.86", **knock),
+             _row("teacher", clone="0.85", val="0.85", api_defense="topk:k=1", **knock)]
+    table = comparison.headline_table(rows, ["a", "b"], aware=["b topk"], variant_grid=["b"])
+    seed1 = next(ln for ln in table if ln.startswith("| misleader-seed1 |")).split(" | ")
+    assert seed1[4] == "- (search not started: 2 setting(s) to run: a b)"
+    assert seed1[-1].startswith("+1.00 (1 seed)") and "its data-free search not started: this may still fall" in seed1[-1]
+    topk = next(ln for ln in table if ln.startswith("| teacher + topk:k=1 |")).split(" | ")
+    assert topk[4] == "- (search not started: 2 setting(s) to run: a b)"
+    mis = next(ln for ln in table if ln.startswith("| misleader |")).split(" | ")
+    assert "not started" not in mis[4] and "may still fall" not in mis[-1]
+
+
 def test_the_strongest_attack_of_all_is_chosen_on_validation_and_paired_with_the_teachers():
     ko = "pool={} epochs=30 victim_output=probs"
     rows = [*[_row("teacher", setting="b", seed=s, val="0.70", clone=c) for s, c in [(0, "0.80"), (1, "0.78")]],
