@@ -191,12 +191,23 @@ if phase grid; then
         done
     done
     for victim in "${KNOBS[@]}"; do
-        seeds=("$GRID_SEED")
-        if final_variant "$victim"; then seeds=("${COMPARE_SEEDS[@]}"); fi
-        for seed in "${seeds[@]}"; do
+        if ! final_variant "$victim"; then
             # shellcheck disable=SC2086
-            knockoff_attack "$victim" "$seed" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]}
+            knockoff_attack "$victim" "$GRID_SEED" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]}
+            continue
+        fi
+        for seed in "${COMPARE_SEEDS[@]}"; do  # a final variant meets Knockoff as MISLEADER does
+            for pool in "${COMPARE_POOLS[@]}"; do
+                # shellcheck disable=SC2086
+                knockoff_attack "$victim" "$seed" "$pool" ${VICTIM[$victim]}
+            done
         done
+        if [ "$LABEL_ONLY" = 1 ]; then
+            for seed in "${LABEL_SEEDS[@]}"; do
+                # shellcheck disable=SC2086
+                knockoff_attack "$victim" "$seed" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]} --victim_output label
+            done
+        fi
     done
     for victim in teacher misleader; do
         for budget in "${KNOCKOFF_CURVE[@]}"; do

@@ -9,4 +9,6 @@
 if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0; fi
 set -euo pipefail
 cd "$(dirname "$0")"
-python -m misleader.report "$@"
+# DATA_ROOT (as for the other scripts): the datasets' folder of --verify 1; a --data_root given here wins
+[[ -n "${DATA_ROOT:-}" && "$DATA_ROOT" != /* ]] && DATA_ROOT="${OLDPWD:-$PWD}/$DATA_ROOT"
+python -m misleader.report ${DATA_ROOT:+--data_root "$DATA_ROOT"} "$@"

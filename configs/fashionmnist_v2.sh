@@ -21,6 +21,8 @@ API_DEFENSES=("rounding:decimals=1" "rounding:decimals=2" "topk:k=1" "reverse_si
               "adaptive_misinformation:tau=0.519,nu=1000,model=$MISINFO")
 FINAL_DEFENSES=()
 # MISLEADER trained again from another seed (members' --seed 1, ensemble v2-seed1, label misleader-seed1): whether
-# its protection belongs to the method or to one set of weights; attacked like MISLEADER on the paired seeds
+# its protection belongs to the method or to one set of weights. Knockoff as against MISLEADER; data-free: the
+# stronger on validation of MISLEADER's strongest setting and kl at 1M, then that one at 2M on the paired seeds. Its
+# lenet5 member has the settings and seed of the homogeneous ensemble's first member (seed 1): the two start alike.
 MISLEADER_VARIANTS+=("seed1 --seed 1")
 FINAL_VARIANTS=(seed1)

@@ -38,8 +38,9 @@ MISLEADER_VARIANTS=()  # "name flags...": the config's members retrained with ot
 VARIANT_GRID=()        # DFME_GRID settings the MISLEADER_VARIANTS also meet, besides MISLEADER's strongest (e.g. those
                        # strongest on the other ensembles); each variant's strongest of them on validation counts
 FINAL_VARIANTS=()      # of MISLEADER_VARIANTS' names, those also attacked at QUERY_BUDGET on the paired COMPARE_SEEDS
-                       # with their search's strongest setting, and by Knockoff on COMPARE_SEEDS (e.g. "seed1" for
-                       # the variant "seed1 --seed 1": MISLEADER trained again from another seed)
+                       # with their search's strongest setting, and by Knockoff as MISLEADER is (COMPARE_SEEDS x
+                       # COMPARE_POOLS, label-only on LABEL_SEEDS); e.g. "seed1" for the variant "seed1 --seed 1":
+                       # MISLEADER trained again from another seed
 COMPARE_EXTRAS=0       # 1: also DFME on each member alone and on MISLEADER with --probs_as_logits (first seed)
 LIST="${LIST:-0}"      # 1: stage functions print their command line instead of running it (compare.sh --list)
 DEVICE="${DEVICE:-auto}"     # environment may override: DEVICE=cpu bash test.sh
@@ -58,6 +59,8 @@ MISINFO_ARCH=""        # set (e.g. lenet5): train.sh also trains the misinformat
 MISINFO_ARGS=()        # extra flags for Defense/train_misinformation.py (e.g. --epochs 5)
 RESULTS="${RESULTS:-results/results.csv}"  # environment may override: RESULTS=results/mine.csv bash test.sh
 DATA_ROOT="${DATA_ROOT:-}"  # environment may override: the datasets' folder for every stage (empty: data/)
+# a relative DATA_ROOT names a folder from where the script was started (each script cd's to the repository first)
+[[ -n "$DATA_ROOT" && "$DATA_ROOT" != /* ]] && DATA_ROOT="${OLDPWD:-$PWD}/$DATA_ROOT"
 # shellcheck source=/dev/null
 source "configs/${CONFIG}.sh"
 COMMON=(--dataset "$DATASET" --seed "$SEED" --device "$DEVICE" --progress "$PROGRESS")

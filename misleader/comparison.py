@@ -370,11 +370,16 @@ def headline(rows, grid_names=None, aware=(), variant_grid=()):
         search = key[1] != "none" or key[0].startswith(VARIANT_PREFIX)  # searched, not a grid of its own
         ran = [n for n in grid_info[2] if n not in missing] if grid_info else []
         best = bare if bare is not None or not ran else strongest(rows, key[0], ran, grid_info[0], grid_info[1])[0]
+        waits = None  # a search waits for the grid of the model it starts from (its missing settings are that grid's)
         if bare is not None and key[1] != "none":
             missing = search_missing(rows, key, grid_info, bare, aware)
         elif grid_info and key[0].startswith(VARIANT_PREFIX):
             missing = variant_missing(rows, key, grid_info, variant_grid)
-        entry = {"victim": victim_name(key), "key": key, "grid_missing": missing, "search": search,
+            waits = MISLEADER if strongest(rows, MISLEADER, grid_info[2], grid_info[0], grid_info[1])[0] is None \
+                else None
+        elif key[1] != "none" and missing:
+            waits = key[0]
+        entry = {"victim": victim_name(key), "key": key, "grid_missing": missing, "search": search, "waits": waits,
                  "victim_acc": acc[key][0],
                  "served_acc": acc[key][1],
                  # the grid's strongest (so far, while incomplete) when the headline's runs are another setting's
@@ -510,16 +515,19 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
         name = e["dfme_setting"] or "config default"
         kind = "search" if e["search"] else "grid"
         not_started = e["dfme_budget"] is None and bool(e["grid_missing"])  # no data-free run yet: it may clone better
-        attack = (f"- ({kind} not started: {len(e['grid_missing'])} setting(s) to run: {' '.join(e['grid_missing'])})"
-                  if not_started else "-") if e["dfme_budget"] is None else \
-            (name if name == e["dfme_attack"] else f"{e['dfme_attack']} {name}") + f", {e['dfme_budget']:,} queries" + \
-            (f" ({kind} incomplete, {len(e['grid_missing'])} setting(s) "
-             f"to run: {' '.join(e['grid_missing'])}" + ("" if e["final_pending"] else "; best on validation so far")
-             + ")" if e["grid_missing"] else "") + \
-            (f" (the grid's strongest{' so far' if e['grid_missing'] else ''} is now {e['final_pending']}: " +
-             (f"{e['final_pending_seeds']} seed{'s' if e['final_pending_seeds'] > 1 else ''} of it at this budget "
-              f"so far, against {name}'s {len(e['dfme_rows'])})" if e["final_pending_seeds"] else
-              "its runs at this budget are still to run)") if e["final_pending"] else "")
+        todo = f"{len(e['grid_missing'])} setting(s) to run: {' '.join(e['grid_missing'])}"
+        if e["dfme_budget"] is None:
+            attack = "-" if not not_started else f"- (waits for {e['waits']}'s grid: {todo})" if e["waits"] else \
+                f"- ({kind} not started: {todo})"
+        else:
+            attack = (name if name == e["dfme_attack"] else f"{e['dfme_attack']} {name}") + \
+                f", {e['dfme_budget']:,} queries" + \
+                (f" ({kind} incomplete, {todo}" + ("" if e["final_pending"] else "; best on validation so far") + ")"
+                 if e["grid_missing"] else "") + \
+                (f" (the grid's strongest{' so far' if e['grid_missing'] else ''} is now {e['final_pending']}: " +
+                 (f"{e['final_pending_seeds']} seed{'s' if e['final_pending_seeds'] > 1 else ''} of it at this budget "
+                  f"so far, against {name}'s {len(e['dfme_rows'])})" if e["final_pending_seeds"] else
+                  "its runs at this budget are still to run)") if e["final_pending"] else "")
         cells = [e["victim"], f"{100 * e['served_acc']:.2f}", f"{100 * e['utility_cost']:.2f}"] + \
             ([f"{e['served_l1']:.4f}"] if served else []) + \
             [attack, _clone_text(e["dfme"]),
@@ -543,8 +551,8 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
                    "at the same budgets)" if o["protection"] and o["teacher_attack"] != t_all else "") +
                   (" (the teacher's grid incomplete: its strongest of all may still rise)"
                    if o["protection"] and t_open else "") +
-                  (f" (its data-free {kind} not started: this may still fall)" if o["protection"] and not_started
-                   else "")]
+                  (f" (its data-free {kind} {'not started' if not_started else 'incomplete'}: this may still fall)"
+                   if o["protection"] and e["grid_missing"] and e is not entries[0] else "")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Clone accuracy: mean ± sample std (seeds). Protection: the bare teacher's clone minus this victim's "
                   "clone under the same attack, budget and seed; mean ± std [95 % Student-t interval] (paired seeds). "

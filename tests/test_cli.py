@@ -363,6 +363,11 @@ def test_data_root_reaches_every_stage_of_the_shell_scripts(tmp_path):
         else:
             words = [shlex.split(ln) for ln in lines]  # a line is a shell command: the folder quoted as needed
             assert all(w[w.index("--data_root") + 1] == data_root for w in words), lines
+    # a relative DATA_ROOT is taken from where the script was started, not from the repository it cd's to
+    out = subprocess.run(["bash", os.path.join(REPO, "compare.sh"), "--list", "train"], cwd=tmp_path,
+                         env=dict(env, DATA_ROOT="rel"), capture_output=True, text=True, timeout=120, check=True).stdout
+    words = [shlex.split(ln) for ln in out.splitlines() if ln.startswith("python ")]
+    assert words and all(w[w.index("--data_root") + 1] == str(tmp_path / "rel") for w in words)
     # teacher.sh runs its stage directly: a missing dataset is looked for, and named, in DATA_ROOT
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -300,20 +300,27 @@ def test_a_final_variant_meets_its_searchs_strongest_at_the_full_budget_on_the_p
     on those seeds; a variant not named there keeps its search only. A name that is no variant: one line, exit 2."""
     from misleader.results import COLUMNS
     from tests.test_report import _write_csv
-    rows = _two_grids(tmp_path, "fv", 'QUERY_BUDGET=2\nCOMPARE_SEEDS=(0 1 2)\nAPI_DEFENSES=()\n'
+    rows = _two_grids(tmp_path, "fv", 'QUERY_BUDGET=2\nCOMPARE_SEEDS=(0 1 2)\nAPI_DEFENSES=()\nATTACK_TAG=t\n'
+                      'COMPARE_POOLS=(synthetic synthetic_rgb)\nLABEL_SEEDS=(0 2)\n'
                       'MISLEADER_VARIANTS=("lam1 --lambda_ 1" "seed1 --seed 1")\nVARIANT_GRID=(b)\n'
                       'FINAL_VARIANTS=(seed1)\n')  # MISLEADER's strongest: a
     rows.append(_row("misleader-seed1", setting="a", val="0.5", dataset="synthetic"))
     _write_csv(tmp_path / "results/results.csv", rows, COLUMNS)
 
     def runs(phase="final"):
-        """{label: [(entry point, seed, budget, setting)]} of a phase's listing, and the listing."""
+        """{label: [(entry point, seed, budget, setting)]} of a phase's listing, and the listing; every DFME run
+        of a variant attacks its own ensemble, and its search and final runs carry their own tags."""
         proc = _compare_list(tmp_path, "fv", phase)
         assert proc.returncode == 0, proc.stderr
         found = {}
         for ln in proc.stdout.splitlines():
             if ln.startswith("python DFME/"):
                 w = ln.split()
+                label = w[w.index("--label") + 1]
+                if label.startswith("misleader-"):
+                    assert w[w.index("--ensemble_tag") + 1] == label[len("misleader-"):], ln
+                if w[1] == "DFME/dfme.py":
+                    assert w[w.index("--tag") + 1] == ("t-grid" if w[w.index("--query_budget") + 1] == "1" else "t")
                 found.setdefault(w[w.index("--label") + 1], []).append(
                     (w[1], w[w.index("--seed") + 1], w[w.index("--query_budget") + 1],
                      w[w.index("--setting") + 1] if "--setting" in w else None))
@@ -327,9 +334,20 @@ def test_a_final_variant_meets_its_searchs_strongest_at_the_full_budget_on_the_p
     found, _ = runs()
     assert found["misleader-seed1"] == search + [("DFME/dfme.py", s, "2", "b") for s in "012"]
     assert found["misleader-lam1"] == search
-    grid, _ = runs("grid")
-    assert [r[1] for r in grid["misleader-seed1"] if r[0] == "DFME/knockoff.py"] == ["0", "1", "2"]
-    assert [r[1] for r in grid["misleader-lam1"] if r[0] == "DFME/knockoff.py"] == ["0"]
+    _, listing = runs("grid")  # Knockoff: a final variant meets every pool on every seed, and label-only answers
+
+    def knockoff(label):
+        out = []
+        for ln in listing.splitlines():
+            w = ln.split()
+            if ln.startswith("python DFME/knockoff.py") and w[w.index("--label") + 1] == label:
+                out.append((w[w.index("--seed") + 1], w[w.index("--pool") + 1],
+                            w[w.index("--victim_output") + 1] if "--victim_output" in w else "probs"))
+        return sorted(out)
+    assert knockoff("misleader-seed1") == sorted([(sd, p, "probs") for sd in "012" for p in ("synthetic", "synthetic_rgb")]
+                                                 + [("0", "synthetic", "label"), ("2", "synthetic", "label")])
+    assert knockoff("misleader-seed1") == knockoff("misleader")
+    assert knockoff("misleader-lam1") == [("0", "synthetic", "probs")]
     train = _compare_list(tmp_path, "fv", "train").stdout  # the variant's flag replaces the training seed
     seed1 = [ln.split() for ln in train.splitlines() if "--tag seed1" in ln]
     assert len(seed1) >= 2 and all(w.count("--seed") == 1 and w[w.index("--seed") + 1] == "1" for w in seed1)
@@ -385,6 +403,19 @@ def test_a_victim_whose_data_free_runs_have_not_started_says_so_in_the_headline(
     assert topk[4] == "- (search not started: 2 setting(s) to run: a b)"
     mis = next(ln for ln in table if ln.startswith("| misleader |")).split(" | ")
     assert "not started" not in mis[4] and "may still fall" not in mis[-1]
+    # a search that has started but not finished can still find a stronger attack
+    rows.append(_row("misleader-seed1", setting="a", clone="0.30", val="0.30"))
+    table = comparison.headline_table(rows, ["a", "b"], aware=["b topk"], variant_grid=["b"])
+    seed1 = next(ln for ln in table if ln.startswith("| misleader-seed1 |")).split(" | ")
+    assert "(search incomplete, 1 setting(s) to run: b;" in seed1[4]
+    assert "its data-free search incomplete: this may still fall" in seed1[-1]
+    # before the grid it starts from is complete, a search's settings are not known: it waits for that grid
+    rows = [r for r in rows if not (r["label"] in ("misleader", "teacher") and r["setting"] == "b")]
+    rows = [r for r in rows if r["label"] != "misleader-seed1" or r["attack"] == "knockoff"]
+    table = comparison.headline_table(rows, ["a", "b"], aware=["b topk"], variant_grid=["b"])
+    cell = {ln.split(" | ")[0]: ln.split(" | ")[4] for ln in table if ln.startswith("| ")}
+    assert cell["| misleader-seed1"] == "- (waits for misleader's grid: 1 setting(s) to run: b)"
+    assert cell["| teacher + topk:k=1"] == "- (waits for teacher's grid: 1 setting(s) to run: b)"
 
 
 def test_the_strongest_attack_of_all_is_chosen_on_validation_and_paired_with_the_teachers():
