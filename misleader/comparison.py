@@ -353,6 +353,8 @@ def headline(rows, grid_names=None, aware=(), variant_grid=()):
         acc.setdefault(victim_key(r), (num(r, "victim_acc", i), num_field(r, "served_acc", i),
                                        float(field(r, "served_l1") or 0)))
     columns = _attack_columns(rows)
+    # MISLEADER's strongest grid setting: where its variants' searches start (None: its grid is incomplete)
+    misleader_best = strongest(rows, MISLEADER, grid_info[2], grid_info[0], grid_info[1])[0] if grid_info else None
     out = []
     for key in keys:
         name, budget, idx = final_dfme(rows, key, grid_info)
@@ -375,8 +377,7 @@ def headline(rows, grid_names=None, aware=(), variant_grid=()):
             missing = search_missing(rows, key, grid_info, bare, aware)
         elif grid_info and key[0].startswith(VARIANT_PREFIX):
             missing = variant_missing(rows, key, grid_info, variant_grid)
-            waits = MISLEADER if strongest(rows, MISLEADER, grid_info[2], grid_info[0], grid_info[1])[0] is None \
-                else None
+            waits = MISLEADER if misleader_best is None else None
         elif key[1] != "none" and missing:
             waits = key[0]
         entry = {"victim": victim_name(key), "key": key, "grid_missing": missing, "search": search, "waits": waits,
@@ -516,9 +517,10 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
         kind = "search" if e["search"] else "grid"
         not_started = e["dfme_budget"] is None and bool(e["grid_missing"])  # no data-free run yet: it may clone better
         todo = f"{len(e['grid_missing'])} setting(s) to run: {' '.join(e['grid_missing'])}"
-        if e["dfme_budget"] is None:
-            attack = "-" if not not_started else f"- (waits for {e['waits']}'s grid: {todo})" if e["waits"] else \
-                f"- ({kind} not started: {todo})"
+        if not_started:
+            attack = f"- (waits for {e['waits']}'s grid: {todo})" if e["waits"] else f"- ({kind} not started: {todo})"
+        elif e["dfme_budget"] is None:
+            attack = "-"
         else:
             attack = (name if name == e["dfme_attack"] else f"{e['dfme_attack']} {name}") + \
                 f", {e['dfme_budget']:,} queries" + \

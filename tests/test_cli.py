@@ -368,6 +368,15 @@ def test_data_root_reaches_every_stage_of_the_shell_scripts(tmp_path):
                          env=dict(env, DATA_ROOT="rel"), capture_output=True, text=True, timeout=120, check=True).stdout
     words = [shlex.split(ln) for ln in out.splitlines() if ln.startswith("python ")]
     assert words and all(w[w.index("--data_root") + 1] == str(tmp_path / "rel") for w in words)
+    # report.sh (--verify 1 reads the datasets) too, before the flags given to it, which win
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text('#!/bin/sh\necho "$@"\n')
+    (fake / "python").chmod(0o755)
+    out = subprocess.run(["bash", os.path.join(REPO, "report.sh"), "--verify", "1"], cwd=tmp_path, check=True,
+                         env=dict(env, DATA_ROOT="rel", PATH=f"{fake}:{os.environ['PATH']}"), capture_output=True,
+                         text=True, timeout=60).stdout.split()
+    assert out == ["-m", "misleader.report", "--data_root", str(tmp_path / "rel"), "--verify", "1"]
     # teacher.sh runs its stage directly: a missing dataset is looked for, and named, in DATA_ROOT
     empty = tmp_path / "empty"
     empty.mkdir()

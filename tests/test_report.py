@@ -382,7 +382,7 @@ def test_report_sh_is_executable():
     assert os.access(path, os.X_OK)
     text = open(path).read()
     assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
-    assert 'python -m misleader.report "$@"' in text
+    assert 'python -m misleader.report ${DATA_ROOT:+--data_root "$DATA_ROOT"} "$@"' in text  # DATA_ROOT: test_cli
 
 
 def test_query_range_rows_are_their_own_victim_named_only_where_needed(tmp_path):
