@@ -103,6 +103,8 @@ for name in "${FINAL_VARIANTS[@]}"; do
         { echo "error: FINAL_VARIANTS: '$name' names no MISLEADER_VARIANTS entry (${KNOBS[*]#misleader-})" >&2; exit 2; }
 done
 final_variant() { in_list "${1#misleader-}" "${FINAL_VARIANTS[@]}"; }  # label: is it a FINAL_VARIANTS ensemble
+FINAL_KNOBS=()  # their victims' labels: they meet Knockoff as MISLEADER does
+for name in "${FINAL_VARIANTS[@]}"; do FINAL_KNOBS+=("misleader-$name"); done
 
 # phase 1 in two steps: the members (independent runs), then the ensembles that read them
 member() { if phase train; then train_member "$@"; fi; }
@@ -169,7 +171,7 @@ if phase grid; then
     done
     for seed in "${COMPARE_SEEDS[@]}"; do
         for pool in "${COMPARE_POOLS[@]}"; do
-            for victim in "${VICTIMS[@]}"; do
+            for victim in "${VICTIMS[@]}" "${FINAL_KNOBS[@]}"; do
                 # shellcheck disable=SC2086
                 knockoff_attack "$victim" "$seed" "$pool" ${VICTIM[$victim]}
             done
@@ -191,26 +193,14 @@ if phase grid; then
         done
     done
     for victim in "${KNOBS[@]}"; do
-        if ! final_variant "$victim"; then
-            # shellcheck disable=SC2086
-            knockoff_attack "$victim" "$GRID_SEED" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]}
-            continue
-        fi
-        for seed in "${COMPARE_SEEDS[@]}"; do  # a final variant meets Knockoff as MISLEADER does
-            for pool in "${COMPARE_POOLS[@]}"; do
-                # shellcheck disable=SC2086
-                knockoff_attack "$victim" "$seed" "$pool" ${VICTIM[$victim]}
-            done
-        done
-        if [ "$LABEL_ONLY" = 1 ]; then
-            for seed in "${LABEL_SEEDS[@]}"; do
-                # shellcheck disable=SC2086
-                knockoff_attack "$victim" "$seed" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]} --victim_output label
-            done
-        fi
+        final_variant "$victim" && continue  # with the victims above
+        # shellcheck disable=SC2086
+        knockoff_attack "$victim" "$GRID_SEED" "${COMPARE_POOLS[0]}" ${VICTIM[$victim]}
     done
-    for victim in teacher misleader; do
-        for budget in "${KNOCKOFF_CURVE[@]}"; do
+    for victim in teacher misleader "${FINAL_KNOBS[@]}"; do
+        curve=("${KNOCKOFF_CURVE[@]}")
+        if final_variant "$victim"; then curve=(); fi  # the budget curve: the teacher's and MISLEADER's only
+        for budget in "${curve[@]}"; do
             # shellcheck disable=SC2086
             KNOCKOFF_BUDGET="$budget" knockoff_attack "$victim" "${COMPARE_SEEDS[0]}" "${COMPARE_POOLS[0]}" \
                 ${VICTIM[$victim]} --tag "${ATTACK_TAG:+$ATTACK_TAG-}q$budget"
