@@ -349,7 +349,7 @@ def test_every_shell_script_has_a_help_that_trains_nothing(script, says, tmp_pat
 
 def test_data_root_reaches_every_stage_of_the_shell_scripts(tmp_path):
     """`bash train.sh --data_root X` reached the members only (not the ensemble or the misinformation model) and
-    test.sh's extra flags reach DFME only: a dataset kept outside data/ needs one variable for every stage."""
+    test.sh's extra flags reached DFME only: a dataset kept outside data/ needs one variable for every stage."""
     env = {**os.environ, "CONFIG": "smoke", "MISLEADER_OFFLINE": "1"}
     for data_root in (None, str(tmp_path / "my data")):
         e = dict(env, DATA_ROOT=data_root) if data_root else env
