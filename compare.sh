@@ -329,5 +329,11 @@ fi
 [ ${#NAMES[@]} -gt 0 ] && REPORT+=(--grid "${NAMES[@]}")
 [ ${#AWARE_SETTINGS[@]} -gt 0 ] && REPORT+=(--aware "${AWARE_SETTINGS[@]}")
 [ ${#VARIANT_GRID[@]} -gt 0 ] && REPORT+=(--variant_grid "${VARIANT_GRID[@]}")
+if [ ${#NAMES[@]} -gt 0 ]; then  # phase 3's runs at QUERY_BUDGET: the headline says which are still to run
+    FINALS=(teacher misleader "${FINAL_KNOBS[@]}")
+    [ ${#VARIANT_SEEDS[@]} -gt 0 ] && FINALS+=(lambda0 homogeneous)
+    for defense in "${FINAL_DEFENSES[@]}"; do FINALS+=("teacher + $defense" "misleader + $defense"); done
+    REPORT+=(--final_budget "$QUERY_BUDGET" --final_victims "${FINALS[@]}")
+fi
 if [ "$LIST" != 1 ]; then "${REPORT[@]}"
 elif phase final; then say "then the report: $(printf '%q ' "${REPORT[@]}" | sed 's/ $//')"; fi

@@ -335,12 +335,15 @@ def variant_missing(rows, key, grid_info, variant_grid=()):
     return missing if bare is None else search_missing(rows, key, grid_info, bare, variant_grid)
 
 
-def headline(rows, grid_names=None, aware=(), variant_grid=()):
+def headline(rows, grid_names=None, aware=(), variant_grid=(), final=None):
     """The answer, one dict per victim (the bare teacher first; a victim is a label with the API defense it
     serves): utility cost, the final data-free attack and each Knockoff column with clone accuracies and
     paired protection against the bare teacher under the same attack, budget and seeds. [] without teacher rows.
     ``aware``: the AWARE_SETTINGS entries, so that a defended victim's search lists the settings still to run;
-    ``variant_grid``: VARIANT_GRID, likewise for a MISLEADER variant's search."""
+    ``variant_grid``: VARIANT_GRID, likewise for a MISLEADER variant's search. ``final``: (budget in queries,
+    victim keys) of the runs compare.sh's phase 3 makes at QUERY_BUDGET once a victim's grid or search is
+    complete; a victim among them whose data-free runs are all of a smaller budget has them marked as still to
+    run (``final_todo``), not shown as its last word."""
     teacher = (TEACHER, "none")
     keys = list(dict.fromkeys(victim_key(r) for r in rows if not flag(r, "probs_as_logits")))
     if teacher not in keys:
@@ -380,7 +383,10 @@ def headline(rows, grid_names=None, aware=(), variant_grid=()):
             waits = MISLEADER if misleader_best is None else None
         elif key[1] != "none" and missing:
             waits = key[0]
+        final_todo = final[0] if final and key in final[1] and grid_info and not missing and budget is not None \
+            and budget < final[0] else None
         entry = {"victim": victim_name(key), "key": key, "grid_missing": missing, "search": search, "waits": waits,
+                 "final_todo": final_todo,
                  "victim_acc": acc[key][0],
                  "served_acc": acc[key][1],
                  # the grid's strongest (so far, while incomplete) when the headline's runs are another setting's
@@ -495,9 +501,9 @@ def protection_text(p):
             f"({p['n']}{left})")
 
 
-def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
+def headline_table(rows, grid_names=None, aware=(), variant_grid=(), final=None):
     """Markdown lines of the headline table, or [] without teacher rows."""
-    entries = headline(rows, grid_names, aware, variant_grid)
+    entries = headline(rows, grid_names, aware, variant_grid, final)
     if not entries:
         return []
     columns = list(entries[0]["knockoff"])
@@ -529,7 +535,8 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
                 (f" (the grid's strongest{' so far' if e['grid_missing'] else ''} is now {e['final_pending']}: " +
                  (f"{e['final_pending_seeds']} seed{'s' if e['final_pending_seeds'] > 1 else ''} of it at this budget "
                   f"so far, against {name}'s {len(e['dfme_rows'])})" if e["final_pending_seeds"] else
-                  "its runs at this budget are still to run)") if e["final_pending"] else "")
+                  "its runs at this budget are still to run)") if e["final_pending"] else "") + \
+                (f" (its {kind}'s strongest at {e['final_todo']:,} queries: still to run)" if e["final_todo"] else "")
         cells = [e["victim"], f"{100 * e['served_acc']:.2f}", f"{100 * e['utility_cost']:.2f}"] + \
             ([f"{e['served_l1']:.4f}"] if served else []) + \
             [attack, _clone_text(e["dfme"]),
@@ -554,7 +561,9 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=()):
                   (" (the teacher's grid incomplete: its strongest of all may still rise)"
                    if o["protection"] and t_open else "") +
                   (f" (its data-free {kind} {'not started' if not_started else 'incomplete'}: this may still fall)"
-                   if o["protection"] and e["grid_missing"] and e is not entries[0] else "")]
+                   if o["protection"] and e["grid_missing"] and e is not entries[0] else "") +
+                  (f" (its data-free runs at {e['final_todo']:,} queries still to run: this may still change)"
+                   if o["protection"] and e["final_todo"] else "")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Clone accuracy: mean ± sample std (seeds). Protection: the bare teacher's clone minus this victim's "
                   "clone under the same attack, budget and seed; mean ± std [95 % Student-t interval] (paired seeds). "

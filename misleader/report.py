@@ -434,16 +434,17 @@ def plot_utility_vs_protection(summary, path, title):
     _save(fig, path)
 
 
-def write_report(csv_path, out_dir, config=None, grid_names=None, aware=(), variant_grid=()):
+def write_report(csv_path, out_dir, config=None, grid_names=None, aware=(), variant_grid=(), final=None):
     """Write out_dir/report.md and the three plots; return the paths written. ``grid_names``: the full list of
     the data-free grid's settings (settings without runs yet are then reported as missing); ``aware``: the
     AWARE_SETTINGS entries (a defended victim's search settings without runs yet are reported likewise);
-    ``variant_grid``: VARIANT_GRID (the same for a MISLEADER variant's search)."""
+    ``variant_grid``: VARIANT_GRID (the same for a MISLEADER variant's search); ``final``: (budget in queries,
+    victim keys) of phase 3's runs at QUERY_BUDGET (comparison.headline)."""
     rows = filter_config(load_results(csv_path), config, csv_path)  # a CSV that cannot be read creates nothing
     os.makedirs(out_dir, exist_ok=True)
     stage = tempfile.mkdtemp(prefix=".report-", dir=out_dir)  # all four files, then moved in: none is left
     try:  # half-written, and an error on the way (say, two checkpoints of one victim) leaves the earlier report
-        _build_report(rows, csv_path, stage, out_dir, config, grid_names, aware, variant_grid)
+        _build_report(rows, csv_path, stage, out_dir, config, grid_names, aware, variant_grid, final)
         for name in ("report.md", *PLOT_FILES):
             os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
     finally:
@@ -451,7 +452,7 @@ def write_report(csv_path, out_dir, config=None, grid_names=None, aware=(), vari
     return [os.path.join(out_dir, name) for name in ("report.md", *PLOT_FILES)]
 
 
-def _build_report(rows, csv_path, out_dir, shown_dir, config, grid_names, aware, variant_grid):
+def _build_report(rows, csv_path, out_dir, shown_dir, config, grid_names, aware, variant_grid, final=None):
     """write_report's four files from ``rows``, written into ``out_dir`` (``shown_dir``: the folder they end up
     in)."""
     summary = summarize(rows)
@@ -474,11 +475,11 @@ def _build_report(rows, csv_path, out_dir, shown_dir, config, grid_names, aware,
     md = os.path.join(out_dir, "report.md")
     png_curves, png_tradeoff, png_protection = (os.path.join(out_dir, p) for p in PLOT_FILES)
     one = len({(r.get("config") or "", r["dataset"]) for r in rows}) == 1  # a comparison is within one config
-    entries = comparison.headline(rows, grid_names, aware, variant_grid) if one else []
-    final = {i for e in entries for i in e["dfme_rows"]}
-    if final:  # the plot shows the headline's data-free runs; the full table has every group
+    entries = comparison.headline(rows, grid_names, aware, variant_grid, final) if one else []
+    final_rows = {i for e in entries for i in e["dfme_rows"]}
+    if final_rows:  # the plot shows the headline's data-free runs; the full table has every group
         curves = [(name, runs) for (name, runs), members in zip(curves, groups.values())
-                  if any(i in final for i, _ in members)]
+                  if any(i in final_rows for i, _ in members)]
     plot_clone_vs_queries(curves, png_curves, f"Data-free clone accuracy vs queries ({scope})")
     if entries:
         plot_defense_tradeoff(entries, png_tradeoff, f"Utility vs protection ({scope})")
@@ -506,7 +507,7 @@ def _build_report(rows, csv_path, out_dir, shown_dir, config, grid_names, aware,
              + (f" with config `{config}`" if config is not None else "") + f"; dataset(s): {', '.join(datasets)}.", ""]
     if entries:
         lines += ["## Each victim against its strongest attacker", ""] + \
-            comparison.headline_table(rows, grid_names, aware, variant_grid) + \
+            comparison.headline_table(rows, grid_names, aware, variant_grid, final) + \
             ["", f"![protection vs queries]({PLOT_FILES[2]})", ""]
     grid = comparison.grid_table(rows, grid_names) if one else []
     if grid:
@@ -705,6 +706,12 @@ def parse(argv):
     p.add_argument("--variant_grid", nargs="+", default=[], metavar="SETTING",
                    help="compare.sh's VARIANT_GRID: the settings a MISLEADER variant (label misleader-NAME) meets "
                         "besides MISLEADER's strongest; the report names those without a run yet")
+    p.add_argument("--final_budget", type=float, default=None, metavar="M",
+                   help="with --final_victims: the budget (millions) of compare.sh's final runs, QUERY_BUDGET")
+    p.add_argument("--final_victims", nargs="+", default=[], metavar="VICTIM",
+                   help="victims that get runs at --final_budget once their grid or search is complete (compare.sh's "
+                        "phase 3), each as the report names it ('lambda0', 'misleader + topk:k=1', one quoted "
+                        "argument each); the headline marks those runs as still to run until they exist")
     p.add_argument("--grid_budget", type=float, default=1.0, help="with --strongest: queries of a grid run, millions")
     p.add_argument("--grid_seed", type=int, default=0, help="with --strongest: seed of the grid runs")
     p.add_argument("--api_defense", default="none", help="with --strongest: the victim's API defense (its spec as in "
@@ -759,8 +766,20 @@ def main(argv):
             sys.exit(1)
         return
     out = args.out or (os.path.join("results", args.config) if args.config else "results")
+    final = None
+    if args.final_victims:
+        if args.final_budget is None:
+            raise UserError("--final_victims needs --final_budget (the config's QUERY_BUDGET, millions)")
+        if not args.final_budget > 0:
+            raise UserError(f"--final_budget must be a positive number of millions of queries, got {args.final_budget}")
+        from misleader import api_defense  # the rows record the canonical spelling of a defense
+        keys = set()
+        for name in args.final_victims:
+            label, _, spec = name.partition(" + ")
+            keys.add((label, api_defense.canonical(spec or "none")))
+        final = (round(args.final_budget * 1e6), keys)
     for path in write_report(args.csv, out, args.config, args.grid or None, args.aware,
-                             args.variant_grid):
+                             args.variant_grid, final):
         print(f"wrote {path}")
 
 

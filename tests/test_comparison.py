@@ -331,8 +331,11 @@ def test_a_final_variant_meets_its_searchs_strongest_at_the_full_budget_on_the_p
     assert "misleader-seed1: no final runs yet, its search is not complete" in out
     rows.append(_row("misleader-seed1", setting="b", val="0.55", dataset="synthetic"))  # b is its strongest
     _write_csv(tmp_path / "results/results.csv", rows, COLUMNS)
-    found, _ = runs()
+    found, out = runs()
     assert found["misleader-seed1"] == search + [("DFME/dfme.py", s, "2", "b") for s in "012"]
+    # the report it ends with is told which victims get runs at QUERY_BUDGET (the variant named, lam1 not)
+    assert out.splitlines()[-1].endswith("--final_budget 2 --final_victims teacher misleader misleader-seed1 lambda0 "
+                                         "homogeneous")
     assert found["misleader-lam1"] == search
     _, listing = runs("grid")  # Knockoff: a final variant meets every pool on every seed, and label-only answers
 
@@ -792,3 +795,41 @@ def test_the_design_config_runs_every_generator_at_the_reference_width():
                           timeout=60, check=True)
     attacks = [ln for ln in proc.stdout.splitlines() if "DFME/dfme.py" in ln or "DFME/disguide.py" in ln]
     assert any("DFME/disguide.py" in ln for ln in attacks) and not any("--ngf" in ln for ln in attacks)
+
+
+def test_a_complete_grid_whose_final_budget_runs_are_to_come_says_so(tmp_path):
+    """lambda = 0's grid complete at 1M, its 2M runs (compare.sh's phase 3, QUERY_BUDGET) not made yet: the headline
+    showed its 1M clone and protection as if final, with no word that the 2M runs were still to come."""
+    rows = [_row(v, setting=s, val=val) for v in ("teacher", "lambda0") for s, val in (("a", "0.7"), ("b", "0.6"))]
+    rows += [_row("teacher", setting="a", budget=2000000, seed=s, val="0.8", clone="0.8") for s in (0, 1)]
+    final = (2000000, {("teacher", "none"), ("lambda0", "none")})
+    lines = comparison.headline_table(rows, ["a", "b"], final=final)
+    lam = next(ln for ln in lines if ln.startswith("| lambda0 |")).split(" | ")
+    assert lam[3] == "dfme a, 1,000,000 queries (its grid's strongest at 2,000,000 queries: still to run)"
+    assert lam[-1].endswith("(its data-free runs at 2,000,000 queries still to run: this may still change) |")
+    teacher = next(ln for ln in lines if ln.startswith("| teacher |"))
+    assert "still to run" not in teacher  # its 2M runs exist
+    assert "still to run" not in "\n".join(comparison.headline_table(rows, ["a", "b"]))  # not a final victim
+    assert "still to run" not in "\n".join(comparison.headline_table(rows, ["a", "b"], final=(1000000, final[1])))
+    # an incomplete grid says that instead; a final run made clears the note
+    short = [r for r in rows if not (r["label"] == "lambda0" and r["setting"] == "b")]
+    assert "at 2,000,000 queries" not in "\n".join(comparison.headline_table(short, ["a", "b"], final=final))
+    done = rows + [_row("lambda0", setting="a", budget=2000000, seed=0, val="0.6", clone="0.6")]
+    assert "still to run" not in "\n".join(comparison.headline_table(done, ["a", "b"], final=final))
+    # the CLI: names as the report writes them, a defense in any spelling; --final_victims alone ends with exit 2
+    from misleader.results import COLUMNS
+    from tests.test_report import _write_csv
+    rows += [_row("teacher", setting=s, val=v, api_defense="reverse_sigmoid:beta=1,gamma=0.1") for s, v in
+             (("a", "0.5"), ("b", "0.4"))]
+    from tests.test_report import _row as full_row
+    path = _write_csv(tmp_path / "r.csv", [full_row(**r, queries_used=r["query_budget"], clone_best_acc=r["clone_acc"],
+                                                    fidelity=r["clone_acc"]) for r in rows], COLUMNS)
+    report.main(["--csv", path, "--config", "c", "--out", str(tmp_path / "out"), "--grid", "a", "b", "--final_budget",
+                 "2", "--final_victims", "lambda0", "teacher + reverse_sigmoid:beta=1.0,gamma=0.1"])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.count("(its grid's strongest at 2,000,000 queries: still to run)") == 1
+    assert "(its search's strongest at 2,000,000 queries: still to run)" in md
+    proc = subprocess.run(["python", "-m", "misleader.report", "--csv", path, "--final_victims", "lambda0"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(
+        "--final_victims needs --final_budget (the config's QUERY_BUDGET, millions)")
