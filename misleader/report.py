@@ -364,10 +364,28 @@ def pareto_front(points):
 TARGET = (20.0, 2.0)  # the search's target: protection (points) at no more than this utility cost (points)
 
 
-def _tradeoff_panel(ax, entries, which, xlabel):
+def short_victim_name(name):
+    """A victim's name for a plot: without the parameters that name files (adaptive misinformation's
+    model=PATH), which only the results' api_defense column needs."""
+    head, plus, spec = name.partition(" + ")
+    defense, _, params = spec.partition(":")
+    kept = [p for p in params.split(",") if p and not p.startswith("model=")]
+    return f"{head} + {defense}" + (":" + ",".join(kept) if kept else "") if plus else name
+
+
+def tradeoff_key(entries):
+    """{victim name: number} of the trade-off plot's points (the teacher 0, the others from 1 in the headline's
+    order) and the key's lines ("1  misleader", ...): the points carry numbers, as a dozen long names beside
+    points a few tenths of a point apart cover each other."""
+    numbers = {e["victim"]: k for k, e in enumerate(entries)}
+    return numbers, [f"{k:>2}  {short_victim_name(name)}" for name, k in numbers.items()]
+
+
+def _tradeoff_panel(ax, entries, which, xlabel, numbers):
     """One panel of the trade-off plot: x = protection (mean over paired seeds; the bare teacher at 0) against the
     attack ``which`` ("dfme_protection" or "overall"), y = served test accuracy; per budget of the data-free runs
-    one colour and one dashed Pareto front (a 1M search and 2M paired runs are not one front)."""
+    one colour and one dashed Pareto front (a 1M search and 2M paired runs are not one front). Each point is
+    marked with its number in ``numbers`` (tradeoff_key)."""
     teacher = entries[0]
     by_budget = {}
     for e in entries[1:]:
@@ -376,12 +394,14 @@ def _tradeoff_panel(ax, entries, which, xlabel):
             group = e["dfme_budget"] if which == "dfme_protection" else None
             by_budget.setdefault(group, []).append((100 * p["mean"], 100 * e["served_acc"], e["victim"]))
     t_acc = 100 * teacher["served_acc"]
+    ax.annotate(str(numbers[teacher["victim"]]), (0.0, t_acc), textcoords="offset points", xytext=(-10, 4),
+                fontsize="x-small")
     for budget in sorted(by_budget, key=lambda b: b or 0):
-        pts = [(0.0, t_acc, "teacher")] + by_budget[budget]
+        pts = [(0.0, t_acc, teacher["victim"])] + by_budget[budget]
         label = f"{budget / 1e6:g}M queries" if budget else "strongest attack, each victim's own"
         marker = ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], "o", label=label)[0]
         for k, (x, y, name) in enumerate(pts[1:]):
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, (6, -12, 16)[k % 3]),
+            ax.annotate(str(numbers[name]), (x, y), textcoords="offset points", xytext=(4, (3, -9, 9)[k % 3]),
                         fontsize="x-small")
         front = pareto_front([(x, y) for x, y, _ in pts])
         if len(front) > 1:
@@ -393,7 +413,7 @@ def _tradeoff_panel(ax, entries, which, xlabel):
     ax.fill_between([TARGET[0], max(TARGET[0] + 5, max(xs) + 5)], t_acc - TARGET[1], max(ys) + 0.5, color="green",
                     alpha=0.08, linewidth=0, label=f"target: >= {TARGET[0]:g} pts at <= {TARGET[1]:g} pts cost")
     ax.axvline(0, color="grey", linewidth=0.8)
-    ax.legend(loc="lower left", fontsize="x-small", title="dashed: Pareto front", title_fontsize="x-small")
+    ax.legend(loc="best", fontsize="x-small", title="dashed: Pareto front", title_fontsize="x-small")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("served test accuracy (%)  (higher = more utility)")
     ax.grid(True, alpha=0.3)
@@ -407,11 +427,16 @@ def plot_defense_tradeoff(entries, path, title):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 5), dpi=120)
+    numbers, key = tradeoff_key(entries)
+    fig = Figure(figsize=(16, 5.5), dpi=120)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2, sharey=True)
-    _tradeoff_panel(axes[0], entries, "dfme_protection", "protection against the data-free attack (points)")
-    _tradeoff_panel(axes[1], entries, "overall", "protection against the strongest attack of all (points)")
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 0.55]})
+    axes[1].sharey(axes[0])
+    _tradeoff_panel(axes[0], entries, "dfme_protection", "protection against the data-free attack (points)", numbers)
+    _tradeoff_panel(axes[1], entries, "overall", "protection against the strongest attack of all (points)", numbers)
+    axes[2].axis("off")
+    axes[2].text(0.0, 1.0, "points:\n" + "\n".join(key), va="top", ha="left", fontsize="x-small",
+                 family="monospace", transform=axes[2].transAxes)
     fig.suptitle(title)
     _save(fig, path)
 

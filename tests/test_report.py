@@ -531,3 +531,19 @@ def test_report_has_the_knockoff_budget_curve_when_a_victim_has_two_budgets(tmp_
     assert "| 20,000 | 90.00 (1 seed) | 85.00 (1 seed) | +5.00 (1 seed) |" in md.splitlines()
     with open(report.write_report(_write_csv(tmp_path / "r1.csv", rows[1::2]), str(tmp_path / "out1"))[0]) as f:
         assert "budget curve" not in f.read()  # one budget per victim: no curve
+
+
+def test_the_tradeoff_plot_numbers_its_points_and_keys_them_by_short_names():
+    """utility_vs_protection.png wrote each victim's full name beside its point: a dozen names, some over 80
+    characters (adaptive misinformation's model=PATH), on points a few tenths of a point apart covered each other.
+    The points now carry numbers and a key names them once, without the file parameter."""
+    from misleader.report import short_victim_name, tradeoff_key
+    spec = "adaptive_misinformation:tau=0.483,nu=1000,model=Defense/cache/misinfo/f-v2.pt"
+    assert short_victim_name(f"misleader + {spec}") == "misleader + adaptive_misinformation:tau=0.483,nu=1000"
+    assert short_victim_name("teacher + adaptive_misinformation:model=x.pt,tau=0.5") == \
+        "teacher + adaptive_misinformation:tau=0.5"
+    assert short_victim_name("misleader + topk:k=1") == "misleader + topk:k=1"
+    entries = [{"victim": "teacher"}, {"victim": "misleader"}, {"victim": f"teacher + {spec}"}]
+    numbers, key = tradeoff_key(entries)
+    assert numbers == {"teacher": 0, "misleader": 1, f"teacher + {spec}": 2}
+    assert key == [" 0  teacher", " 1  misleader", " 2  teacher + adaptive_misinformation:tau=0.483,nu=1000"]
