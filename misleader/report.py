@@ -394,8 +394,9 @@ def _tradeoff_panel(ax, entries, which, xlabel, numbers):
             group = e["dfme_budget"] if which == "dfme_protection" else None
             by_budget.setdefault(group, []).append((100 * p["mean"], 100 * e["served_acc"], e["victim"]))
     t_acc = 100 * teacher["served_acc"]
-    ax.annotate(str(numbers[teacher["victim"]]), (0.0, t_acc), textcoords="offset points", xytext=(-10, 4),
-                fontsize="x-small")
+    if by_budget:  # the teacher's point is drawn with each budget's points: none, no number either
+        ax.annotate(str(numbers[teacher["victim"]]), (0.0, t_acc), textcoords="offset points", xytext=(-10, 4),
+                    fontsize="x-small")
     for budget in sorted(by_budget, key=lambda b: b or 0):
         pts = [(0.0, t_acc, teacher["victim"])] + by_budget[budget]
         label = f"{budget / 1e6:g}M queries" if budget else "strongest attack, each victim's own"
@@ -792,6 +793,8 @@ def main(argv):
         return
     out = args.out or (os.path.join("results", args.config) if args.config else "results")
     final = None
+    if args.final_budget is not None and not args.final_victims:
+        raise UserError("--final_budget needs --final_victims (the victims compare.sh's phase 3 attacks at it)")
     if args.final_victims:
         if args.final_budget is None:
             raise UserError("--final_victims needs --final_budget (the config's QUERY_BUDGET, millions)")
@@ -801,7 +804,10 @@ def main(argv):
         keys = set()
         for name in args.final_victims:
             label, _, spec = name.partition(" + ")
-            keys.add((label, api_defense.canonical(spec or "none")))
+            try:
+                keys.add((label, api_defense.canonical(spec or "none")))
+            except UserError as e:
+                raise UserError(f"--final_victims '{name}': {e}") from None
         final = (round(args.final_budget * 1e6), keys)
     for path in write_report(args.csv, out, args.config, args.grid or None, args.aware,
                              args.variant_grid, final):

@@ -809,7 +809,8 @@ def test_a_complete_grid_whose_final_budget_runs_are_to_come_says_so(tmp_path):
     assert lam[-1].endswith("(its data-free runs at 2,000,000 queries still to run: this may still change) |")
     teacher = next(ln for ln in lines if ln.startswith("| teacher |"))
     assert "still to run" not in teacher  # its 2M runs exist
-    assert "still to run" not in "\n".join(comparison.headline_table(rows, ["a", "b"]))  # not a final victim
+    assert "still to run" not in "\n".join(comparison.headline_table(rows, ["a", "b"]))  # no final list
+    assert "still to run" not in "\n".join(comparison.headline_table(rows, ["a", "b"], final=(2000000, {("m", "none")})))
     assert "still to run" not in "\n".join(comparison.headline_table(rows, ["a", "b"], final=(1000000, final[1])))
     # an incomplete grid says that instead; a final run made clears the note
     short = [r for r in rows if not (r["label"] == "lambda0" and r["setting"] == "b")]
@@ -833,3 +834,8 @@ def test_a_complete_grid_whose_final_budget_runs_are_to_come_says_so(tmp_path):
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(
         "--final_victims needs --final_budget (the config's QUERY_BUDGET, millions)")
+    for bad, said in ((["--final_budget", "2"], "--final_budget needs --final_victims"),
+                      (["--final_budget", "2", "--final_victims", "teacher + nosuch:k=1"], "--final_victims 'teacher + nosuch:k=1': ")):
+        proc = subprocess.run(["python", "-m", "misleader.report", "--csv", path, *bad], cwd=REPO, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and said in proc.stderr, proc.stderr
