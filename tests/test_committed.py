@@ -18,6 +18,7 @@ CSV = os.path.join(REPO, "results", "results.csv")
 CONFIG = "fashionmnist_v2"
 
 
+KNOBS = ("lam0.1",)  # trained so far
 VICTIMS = ["Defense/cache/teacher/fashionmnist-lenet5-v2.pt", "Defense/cache/defense/fashionmnist-lenet5-v2.pt",
            "Defense/cache/defense/fashionmnist-lenet5half-v2.pt",
            "Defense/cache/defense/fashionmnist-lenet5fifth-v2.pt", "Defense/ensemble/fashionmnist-v2.pt",
@@ -28,7 +29,11 @@ VICTIMS = ["Defense/cache/teacher/fashionmnist-lenet5-v2.pt", "Defense/cache/def
            "Defense/ensemble/fashionmnist-v2-homo.pt",
            # MISLEADER trained again from seed 1 (the variant seed1)
            *[f"Defense/cache/defense/fashionmnist-{a}-v2-seed1.pt" for a in ("lenet5", "lenet5half", "lenet5fifth")],
-           "Defense/ensemble/fashionmnist-v2-seed1.pt"]
+           "Defense/ensemble/fashionmnist-v2-seed1.pt",
+           # MISLEADER's knobs (the MISLEADER_VARIANTS of configs/fashionmnist.sh): other lambda or a_iter
+           *[f"Defense/cache/defense/fashionmnist-{a}-v2-{knob}.pt" for knob in KNOBS
+             for a in ("lenet5", "lenet5half", "lenet5fifth")],
+           *[f"Defense/ensemble/fashionmnist-v2-{knob}.pt" for knob in KNOBS]]
 
 
 def _rows():
