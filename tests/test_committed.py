@@ -18,7 +18,7 @@ CSV = os.path.join(REPO, "results", "results.csv")
 CONFIG = "fashionmnist_v2"
 
 
-KNOBS = ("lam0.1", "lam1", "lam2")  # trained so far
+KNOBS = ("lam0.1", "lam1", "lam2", "aiter3")  # trained so far
 VICTIMS = ["Defense/cache/teacher/fashionmnist-lenet5-v2.pt", "Defense/cache/defense/fashionmnist-lenet5-v2.pt",
            "Defense/cache/defense/fashionmnist-lenet5half-v2.pt",
            "Defense/cache/defense/fashionmnist-lenet5fifth-v2.pt", "Defense/ensemble/fashionmnist-v2.pt",
