@@ -18,21 +18,22 @@ CSV = os.path.join(REPO, "results", "results.csv")
 CONFIG = "fashionmnist_v2"
 
 
+ARCHS = ("lenet5", "lenet5half", "lenet5fifth")  # MISLEADER's members, and those of its variants and lambda = 0
 KNOBS = ("lam0.1", "lam1", "lam2", "aiter3")  # trained so far
 VICTIMS = ["Defense/cache/teacher/fashionmnist-lenet5-v2.pt", "Defense/cache/defense/fashionmnist-lenet5-v2.pt",
            "Defense/cache/defense/fashionmnist-lenet5half-v2.pt",
            "Defense/cache/defense/fashionmnist-lenet5fifth-v2.pt", "Defense/ensemble/fashionmnist-v2.pt",
            # the controls: the same members trained with lambda = 0, and three lenet5 members (seeds 1-3)
-           *[f"Defense/cache/defense/fashionmnist-{a}-v2-lam0.pt" for a in ("lenet5", "lenet5half", "lenet5fifth")],
+           *[f"Defense/cache/defense/fashionmnist-{a}-v2-lam0.pt" for a in ARCHS],
            "Defense/ensemble/fashionmnist-v2-lam0.pt",
            *[f"Defense/cache/defense/fashionmnist-lenet5-v2-homo{i}.pt" for i in (1, 2, 3)],
            "Defense/ensemble/fashionmnist-v2-homo.pt",
            # MISLEADER trained again from seed 1 (the variant seed1)
-           *[f"Defense/cache/defense/fashionmnist-{a}-v2-seed1.pt" for a in ("lenet5", "lenet5half", "lenet5fifth")],
+           *[f"Defense/cache/defense/fashionmnist-{a}-v2-seed1.pt" for a in ARCHS],
            "Defense/ensemble/fashionmnist-v2-seed1.pt",
            # MISLEADER's knobs (the MISLEADER_VARIANTS of configs/fashionmnist.sh): other lambda or a_iter
            *[f"Defense/cache/defense/fashionmnist-{a}-v2-{knob}.pt" for knob in KNOBS
-             for a in ("lenet5", "lenet5half", "lenet5fifth")],
+             for a in ARCHS],
            *[f"Defense/ensemble/fashionmnist-v2-{knob}.pt" for knob in KNOBS]]
 
 
