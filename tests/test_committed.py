@@ -48,16 +48,37 @@ def _need_fashion():
 
 
 def test_committed_victims_load_and_score_what_they_recorded():
+    """Every committed victim scores the test and validation accuracy it recorded. An ensemble's members are the
+    committed member files (its ``sources``, weights equal bit for bit), so its accuracy is computed from their
+    softmax outputs, already computed for the members themselves, averaged as the ensemble averages them; the
+    loaded ensemble's own forward is checked against that average on the first 512 images of each split."""
+    import torch
+
     from misleader import checkpoint
-    from misleader.evaluate import accuracy
+    from misleader.evaluate import predict
     _need_fashion()
     info = D.dataset_info("fashionmnist")
     data = D.load_dataset("fashionmnist", os.path.join(REPO, "data"))
+    splits = {"test_acc": data.test, "val_acc": data.val}
+    probs = {}  # committed member path -> {metric: softmax outputs on its split}
     for rel in VICTIMS:
-        model = checkpoint.load_victim(os.path.join(REPO, rel), info, None)[0].eval()
-        recorded = checkpoint.load(os.path.join(REPO, rel))["metrics"]
-        assert accuracy(model, data.test, data.normalize) == pytest.approx(recorded["test_acc"], abs=1e-6), rel
-        assert accuracy(model, data.val, data.normalize) == pytest.approx(recorded["val_acc"], abs=1e-6), rel
+        path = os.path.join(REPO, rel)
+        model = checkpoint.load_victim(path, info, None)[0].eval()
+        ck = checkpoint.load(path)
+        if ck["kind"] == "ensemble":
+            assert all(src in probs for src in ck["sources"]), (rel, ck["sources"])  # members scored first
+            for sd, src in zip(ck["state_dict"], ck["sources"]):
+                member = checkpoint.load(os.path.join(REPO, src))["state_dict"]
+                assert sd.keys() == member.keys() and all(torch.equal(sd[k], member[k]) for k in sd), (rel, src)
+            out = {m: torch.stack([probs[src][m] for src in ck["sources"]]).mean(0) for m in splits}
+            for m, split in splits.items():
+                head = predict(model, split.x[:512], data.normalize)
+                assert torch.allclose(head, out[m][:512], atol=1e-6), (rel, m)
+        else:
+            out = probs[rel] = {m: predict(model, split.x, data.normalize) for m, split in splits.items()}
+        for m, split in splits.items():
+            acc = (out[m].argmax(1) == split.y).float().mean().item()
+            assert acc == pytest.approx(ck["metrics"][m], abs=1e-6), (rel, m)
 
 
 # rows whose accuracies are recomputed here (the newest; about 1.5 s each on one core): the whole evaluation's
