@@ -151,7 +151,7 @@ def strongest(rows, victim, names, budget, seed, api_defense="none"):
                 or num(r, "query_budget", i, int) != budget or num(r, "seed", i, int) != seed):
             continue
         if name in at:  # a setting run twice: an error, not a choice by row order
-            _seed_rows(rows, [at[name], i])
+            seed_rows(rows, [at[name], i])
         at[name] = i
         if r.get("clone_val_acc"):
             val[name] = num(r, "clone_val_acc", i)
@@ -164,7 +164,7 @@ def strongest(rows, victim, names, budget, seed, api_defense="none"):
     return max(names, key=lambda n: (val[n], -names.index(n))), []
 
 
-def _seed_rows(rows, idx):
+def seed_rows(rows, idx):
     """{seed: row index} of rows ``idx``, one attack's runs; two rows on one seed are an error (a run made twice:
     keeping either would be a silent choice)."""
     out = {}
@@ -194,8 +194,20 @@ def _one_attack(rows, *groups):
                                 f"('{a}' against '{b}'): give one of them another setting name, or rerun it")
 
 
+def _same_student(rows, *groups):
+    """Raise UserError unless the rows of ``groups`` trained clones of one architecture (two victims' strongest
+    data-free settings, which may differ in attack and hyperparameters, are still paired seed by seed)."""
+    idx = [i for g in groups for i in g]
+    for i in idx[1:]:
+        a, b = field(rows[idx[0]], "student_model"), field(rows[i], "student_model")
+        if a != b:
+            raise UserError(f"{row_name(rows, *sorted((idx[0], i)))} are paired as two victims' strongest data-free "
+                            f"attacks but train different clones (student_model '{a}' against '{b}'): run both with "
+                            "one --student_model")
+
+
 def _by_seed(rows, idx):
-    return {s: num(rows[i], "clone_acc", i) for s, i in _seed_rows(rows, idx).items()}
+    return {s: num(rows[i], "clone_acc", i) for s, i in seed_rows(rows, idx).items()}
 
 
 def _generator_rows(rows, key):
@@ -235,7 +247,8 @@ def final_dfme(rows, key, grid_info, budget=None):
     grid is complete, else the setting with the most seeds at that budget. A victim with an API defense is
     attacked with its bare model's strongest setting and, where more settings were tried on it (attackers aware
     of the defense), the strongest on validation (``best_on_validation``: compared two by two on the seeds they
-    share). (None, None, []) without such rows."""
+    share); a MISLEADER variant likewise, among the settings of its search (MISLEADER's strongest grid setting and
+    VARIANT_GRID's). (None, None, []) without such rows."""
     cand = _generator_rows(rows, key)
     if budget is None and cand:
         budget = max(num(rows[i], "query_budget", i, int) for i in cand)
@@ -243,9 +256,10 @@ def final_dfme(rows, key, grid_info, budget=None):
     if not at:
         return None, None, []
     best = None
-    if grid_info is not None:
-        best, _ = strongest(rows, key[0], grid_info[2], grid_info[0], grid_info[1])
-    if key[1] != "none":  # a defended API may meet attackers aware of it: the strongest on validation of those tried
+    variant = key[0].startswith(VARIANT_PREFIX)
+    if grid_info is not None:  # a variant has no grid of its own: its search starts from MISLEADER's strongest
+        best, _ = strongest(rows, MISLEADER if variant else key[0], grid_info[2], grid_info[0], grid_info[1])
+    if key[1] != "none" or variant:  # attackers aware of a defense, or a variant's search: the strongest tried
         by_setting = {}
         for i in at:
             by_setting.setdefault(field(rows[i], "setting"), []).append(i)
@@ -288,13 +302,17 @@ def _attack_columns(rows):
 
 
 def _val_by_seed(rows, idx):
-    """{seed: clone validation accuracy} of rows ``idx`` that have one."""
+    """{seed: clone validation accuracy} of rows ``idx`` that have one (rows written before the column existed
+    have none). A nan (a run without a validation split, --val_size 0) is an error, as in ``strongest``: dropped,
+    it would keep that attack from ever being a victim's strongest, however well it clones."""
     out = {}
-    for s, i in _seed_rows(rows, idx).items():
+    for s, i in seed_rows(rows, idx).items():
         if rows[i].get("clone_val_acc"):
             v = num(rows[i], "clone_val_acc", i)
-            if not math.isnan(v):
-                out[s] = v
+            if math.isnan(v):
+                raise UserError(f"{row_name(rows, i)}: clone_val_acc is nan (a run without a validation split, "
+                                "--val_size 0): the strongest attack is chosen on validation accuracy")
+            out[s] = v
     return out
 
 
@@ -366,7 +384,9 @@ def headline(rows, grid_names=None, aware=(), variant_grid=(), final=None):
         protection, t_idx, t_name, t_pending = None, [], None, False
         if key != teacher and budget is not None:
             t_name, t_budget, t_idx = final_dfme(rows, teacher, grid_info, budget)
-            _one_attack(rows, t_idx, idx if t_name == name else [])  # another setting: each its own strongest
+            # another setting: each its own strongest, but the same clone architecture (else the difference
+            # would measure the architectures, not the defense)
+            _one_attack(rows, t_idx, idx) if t_name == name else _same_student(rows, t_idx, idx)
             t_pending = t_budget != budget  # the teacher has no data-free run at this budget yet
             protection = None if t_pending else paired(_by_seed(rows, t_idx), d)
         # the bare model's grid: its missing settings, else (defended) the search's; a complete grid whose
@@ -545,7 +565,9 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=(), final=None)
              (f" (against the teacher's {e['teacher_setting']}, not its strongest{' so far' if t_open else ''}, "
               f"{t_best})" if e["dfme_protection"] and e["teacher_setting"] != t_best else
               f" (against the teacher's best so far, {t_best}: the teacher's grid incomplete)"
-              if e["dfme_protection"] and t_open else "")]
+              if e["dfme_protection"] and t_open else
+              f" (against the teacher's {e['teacher_setting']}, its strongest)"
+              if e["dfme_protection"] and e["teacher_setting"] != e["dfme_setting"] else "")]
         for c in columns:
             k = e["knockoff"][c]
             cells += [_clone_text(k["clone"]) + (f", {k['budget']:,} q" if k["budget"] else ""),
@@ -556,8 +578,10 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=(), final=None)
                   "- (the teacher has no run of these attacks at these budgets)"
                   if e is not entries[0] and o["attack"] and not o["teacher_attack"] else
                   protection_text(o["protection"]) +
-                  (f" (against the teacher's {o['teacher_attack']}, its strongest of the attacks this victim met "
-                   "at the same budgets)" if o["protection"] and o["teacher_attack"] != t_all else "") +
+                  (f" (against the teacher's {o['teacher_attack']}" +
+                   (", its strongest of the attacks this victim met at the same budgets" if o["teacher_attack"] != t_all
+                    else "") + ")"
+                   if o["protection"] and (o["teacher_attack"] != o["attack"] or o["teacher_attack"] != t_all) else "") +
                   (" (the teacher's grid incomplete: its strongest of all may still rise)"
                    if o["protection"] and t_open else "") +
                   (f" (its data-free {kind} {'not started' if not_started else 'incomplete'}: this may still fall)"
@@ -566,7 +590,9 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=(), final=None)
                    if o["protection"] and e["final_todo"] else "")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Clone accuracy: mean ± sample std (seeds). Protection: the bare teacher's clone minus this victim's "
-                  "clone under the same attack, budget and seed; mean ± std [95 % Student-t interval] (paired seeds). "
+                  "clone at the same budget and seed, under the same Knockoff attack, and in the data-free column "
+                  "each victim's own strongest setting (the cell names the teacher's where the two differ); "
+                  "mean ± std [95 % Student-t interval] (paired seeds). "
                   "Positive = harder to clone than the bare teacher. Utility cost: the teacher's test accuracy minus "
                   "that of the answers this victim's API serves. A victim with an API defense (\"+ name\") is "
                   "attacked with its bare model's strongest data-free setting and any attacker aware of the defense, "

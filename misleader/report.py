@@ -150,11 +150,13 @@ def _groups(rows):
 
 def summarize(rows):
     """One dict per victim group, in first-appearance order; accuracies are fractions as in the CSV (the query
-    budget is part of a group's key: a group is one budget)."""
+    budget is part of a group's key: a group is one budget). Two rows of one group on one seed raise UserError,
+    as in the headline: averaging both would count one seed twice."""
     groups = _groups(rows)
     names = _display_names(list(groups))
     out = []
     for key, members in groups.items():
+        comparison.seed_rows(rows, [i for i, _ in members])  # a seed twice (a run made twice): an error, not a mean
         col = {c: [_num(r, c, i) for i, r in members]
                for c in ("victim_acc", "clone_acc", "clone_best_acc", "fidelity", "queries_used")}
         for c in ("served_acc", "served_l1"):  # older rows: the raw model's answers (results.EARLIER_VALUES)

@@ -164,10 +164,20 @@ def test_a_defended_victim_meets_the_strongest_of_the_settings_tried_on_it():
     assert d["dfme_protection"]["diffs"] == pytest.approx([0.70 - 0.45])  # the teacher's strongest (a) vs b
 
 
-def test_a_setting_without_a_usable_validation_accuracy_is_not_chosen_over_one_with_it():
+def test_a_setting_without_a_usable_validation_accuracy_is_an_error_not_silently_passed_over():
+    """A nan validation accuracy (--val_size 0) cannot take part in a choice made on validation: skipped, it would
+    keep that attack from ever being the strongest (a defense's gain); an empty one (a row older than the column)
+    has nothing to skip."""
     rows = [_row("teacher", setting="a", val="nan", clone="0.70"), _row("teacher", setting="b", val="0.60", clone="0.65")]
-    name, budget, idx = comparison.final_dfme(rows, ("teacher", "none"), None)
-    assert (name, budget, idx) == ("b", 1000000, [1])
+    with pytest.raises(comparison.UserError, match="results row 0: clone_val_acc is nan"):
+        comparison.final_dfme(rows, ("teacher", "none"), None)
+    ko = "pool=fashionmnist epochs=30 victim_output={}"
+    rows = [_row("teacher", setting="a", val="0.60", clone="0.60"),
+            _row("teacher", attack="knockoff", budget=20000, val="nan", clone="0.85", settings=ko.format("probs"))]
+    with pytest.raises(comparison.UserError, match="results row 1: clone_val_acc is nan"):
+        comparison.headline(rows)
+    rows[1]["clone_val_acc"] = ""
+    assert comparison.headline(rows)[0]["overall"]["attack"] == "data-free a"
 
 
 def test_a_defended_victims_settings_are_compared_on_mean_validation_over_shared_seeds_not_a_lucky_one():
@@ -445,7 +455,10 @@ def test_the_strongest_attack_of_all_is_chosen_on_validation_and_paired_with_the
     lines = comparison.headline_table(rows)
     assert "strongest of all (on validation) | clone (%) | protection (pts) |" in lines[0]
     assert lines[2].endswith("| Knockoff fashionmnist | 84.50 ± 0.71 (2) | - |")
-    assert lines[4].endswith("| data-free b | 72.50 ± 3.54 (2) | +12.00 ± 2.83 [-13.41, +37.41] (2) |")
+    # the teacher's strongest of the same attacks is another attack than the victim's: the cell says which
+    assert lines[3].endswith("| Knockoff fashionmnist | 79.50 ± 0.71 (2) | +5.00 ± 0.00 [+5.00, +5.00] (2) |")
+    assert lines[4].endswith("| data-free b | 72.50 ± 3.54 (2) | +12.00 ± 2.83 [-13.41, +37.41] (2) "
+                             "(against the teacher's Knockoff fashionmnist) |")
     rows = [dict(r, clone_val_acc="") for r in rows]  # no validation accuracy anywhere: no verdict, said so
     assert all(e["overall"]["attack"] is None for e in comparison.headline(rows))
 
@@ -598,6 +611,35 @@ def test_runs_with_other_attack_settings_are_not_paired_as_one_attack():
         comparison.knockoff_curve_table(
             [_row(v, "knockoff", budget=b, settings=f"pool=p epochs={e}") for v, e in (("teacher", 30), ("m", 5))
              for b in (2000, 20000)])
+
+
+def test_two_strongest_data_free_settings_are_paired_only_with_one_clone_architecture_and_named():
+    """Each victim meets its own strongest data-free setting, so a protection may difference two settings (even two
+    attacks): the cell names the teacher's, and clones of two architectures are never paired."""
+    rows = [_row("teacher", setting="a", val="0.80", clone="0.80"), _row("teacher", setting="b", val="0.70", clone="0.70"),
+            _row("homogeneous", setting="a", val="0.50", clone="0.50"),
+            _row("homogeneous", attack="disguide", setting="b", val="0.60", clone="0.55")]
+    _, h = comparison.headline(rows)
+    assert h["dfme_setting"] == "b" and h["teacher_setting"] == "a"
+    assert h["dfme_protection"]["diffs"] == pytest.approx([0.80 - 0.55])
+    line = comparison.headline_table(rows)[3]
+    assert "| disguide b, 1,000,000 queries | 55.00 (1 seed) | +25.00 (1 seed) (against the teacher's a, its strongest) |" in line
+    for r in rows[2:]:
+        r["student_model"] = "resnet18"
+    with pytest.raises(comparison.UserError, match="train different clones"):
+        comparison.headline(rows)
+
+
+def test_a_misleader_variant_meets_the_strongest_of_its_search_on_validation_not_the_most_run():
+    """A variant's data-free setting is the one of its search that clones it best on validation, compared on the
+    seeds the settings share, not the one with more runs at that budget. (Its search is two of the grid's three
+    settings: the grid's strongest is never complete for it.)"""
+    grid = {"teacher": ("0.80", "0.70", "0.60"), "misleader": ("0.60", "0.50", "0.40")}  # settings a, b, c
+    rows = [*[_row(v, setting=n, val=x) for v, vals in grid.items() for n, x in zip("abc", vals)],
+            *[_row("misleader-x", setting="a", seed=s, val="0.40") for s in (0, 1)],
+            _row("misleader-x", setting="b", val="0.45", clone="0.42")]
+    name, _, idx = comparison.final_dfme(rows, ("misleader-x", "none"), (1000000, 0, ["a", "b", "c"]))
+    assert (name, idx) == ("b", [8])
 
 
 def test_a_data_free_setting_with_another_query_range_is_not_paired_as_one_attack():

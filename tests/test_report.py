@@ -84,6 +84,15 @@ def test_summarize_groups_and_statistics(results):
     assert p["queries_used_mean"] == pytest.approx(150000)
 
 
+def test_summarize_refuses_a_seed_run_twice_in_one_group(results, tmp_path):
+    """Two runs of one experiment on one seed (say, a rerun under another tag): averaging both would count that
+    seed twice and call it two seeds; the error names both rows."""
+    rows = report.load_results(results)
+    rows.append(dict(rows[0], clone_acc="0.9000", attack_path="DFME/cache/other-tag.pt"))
+    with pytest.raises(report.UserError, match=r"results rows? .*two runs of one attack \(teacher, dfme"):
+        report.summarize(rows)
+
+
 def test_write_report_table_and_plots(results, tmp_path):
     out = tmp_path / "out"
     paths = report.write_report(results, str(out))
