@@ -330,7 +330,10 @@ class DFME:
         self.opt_S.param_groups[0]["lr"], self.opt_G.param_groups[0]["lr"] = self.cfg.lr_S * f, self.cfg.lr_G * f
 
     def can_continue(self):
-        return self.victim.left >= self.cfg.cost_per_iteration and self.epoch < self.cfg.epochs
+        """Another iteration is paid for, or an epoch has iterations but is not closed yet (a state saved after the
+        last paid iteration, before its epoch's evaluation: the resumed run closes and logs it, asking nothing)."""
+        pending = self.sums["n"] > 0 or self.itr > 0
+        return (self.victim.left >= self.cfg.cost_per_iteration or pending) and self.epoch < self.cfg.epochs
 
     def run(self, on_epoch=None, on_iteration=None, progress=None):
         """Train until the budget cannot pay for another iteration. on_epoch(self, stats) evaluates and

@@ -49,7 +49,8 @@ class BlackBox:
             xc = x[i:i + self.chunk]
             with autocast(x.device, self.amp):
                 out = self._model(xc).float()
-                outs.append(out if self._defense is None else self._defense(F.softmax(out, 1), xc).float())
+            # the defense in float32, outside the model's autocast (served_utility measures it so)
+            outs.append(out if self._defense is None else self._defense(F.softmax(out, 1), xc).float())
         out = torch.cat(outs)
         self.used += n
         if self._defense is not None:  # out: the defended probabilities

@@ -73,6 +73,36 @@ def test_state_round_trip_continues_identically():
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
 
 
+def test_a_resume_after_the_last_paid_iteration_still_closes_and_logs_the_last_epoch():
+    """A state saved after the last iteration the budget pays for, before its epoch closed (a SIGTERM or a timed
+    save there): the resumed run asks nothing more, but evaluates and logs that epoch as an uninterrupted run does."""
+    full, _, _ = make_attack(1000)  # 8 iterations of 112 queries, epochs of 3, 3 and 2 iterations
+    logged = []
+    full.run(on_epoch=lambda a, stats: logged.append((a.epoch, stats["queries_used"])))
+    assert logged == [(1, 336), (2, 672), (3, 896)]
+
+    class Stop(Exception):
+        pass
+
+    part, _, _ = make_attack(1000)
+    saved, part_logged = {}, []
+
+    def save_then_stop(a):
+        if a.victim.used == 896:
+            saved.update(a.state_dict())
+            raise Stop
+
+    with pytest.raises(Stop):
+        part.run(on_epoch=lambda a, stats: part_logged.append((a.epoch, stats["queries_used"])),
+                 on_iteration=save_then_stop)
+    resumed, victim, counted = make_attack(1000)
+    resumed.load_state_dict(saved)
+    resumed_logged = []
+    assert resumed.run(on_epoch=lambda a, stats: resumed_logged.append((a.epoch, stats["queries_used"]))) == 0
+    assert part_logged + resumed_logged == logged and resumed.epoch == 3
+    assert victim.used == 896 and counted.seen == 0  # nothing asked after the resume
+
+
 @pytest.mark.parametrize("query_range", ["tanh", "data"])
 def test_query_range_decides_which_images_the_victim_sees(query_range):
     """tanh: queries stay in [-1, 1] normalized units; data: they cover the normalized image of raw [0, 1]."""

@@ -53,3 +53,19 @@ def test_ensemble_rows_sum_to_one_and_single_member_is_its_softmax():
     single = SoftVotingEnsemble([a])
     assert torch.allclose(single.probs(x), torch.softmax(a(x), 1), atol=1e-6)
     assert torch.allclose(torch.softmax(single(x), 1), torch.softmax(a(x), 1), atol=1e-5)
+
+
+def test_an_output_defense_runs_in_float32_outside_the_models_autocast():
+    """The model may run under --amp; the defense (a misinformation model, a threshold on the top probability)
+    sees the model's probabilities in float32 and runs outside autocast, as the served utility measures it."""
+    seen = []
+
+    def spy(p, x):
+        seen.append((p.dtype, torch.is_autocast_enabled("cpu")))
+        return p
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    victim = BlackBox(model, 100, amp=torch.bfloat16, defense=spy)
+    out = victim(torch.randn(5, 1, 2, 2))
+    assert seen == [(torch.float32, False)]
+    assert out.dtype == torch.float32 and out.shape == (5, 3)
