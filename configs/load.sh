@@ -63,6 +63,16 @@ DATA_ROOT="${DATA_ROOT:-}"  # environment may override: the datasets' folder for
 [[ -n "$DATA_ROOT" && "$DATA_ROOT" != /* ]] && DATA_ROOT="${OLDPWD:-$PWD}/$DATA_ROOT"
 # shellcheck source=/dev/null
 source "configs/${CONFIG}.sh"
+# the variables without a default: every config sets them (configs/quick.sh shows each)
+missing=()
+for v in DATASET TEACHER_MODEL TEACHER_EPOCHS TEACHER_BATCH MEMBERS DEFENSE_EPOCHS DEFENSE_BATCH LR_DEFENSE LR_ATTACKER \
+         A_ITER STUDENTS QUERY_BUDGET DFME_BATCH; do
+    [[ -v $v ]] || missing+=("$v")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "error: configs/${CONFIG}.sh does not set ${missing[*]} (no default: configs/quick.sh shows each)" >&2
+    exit 2
+fi
 COMMON=(--dataset "$DATASET" --seed "$SEED" --device "$DEVICE" --progress "$PROGRESS")
 [ -n "$DATA_ROOT" ] && COMMON+=(--data_root "$DATA_ROOT")
 [ -n "$VAL_SIZE" ] && COMMON+=(--val_size "$VAL_SIZE")

@@ -347,6 +347,25 @@ def test_every_shell_script_has_a_help_that_trains_nothing(script, says, tmp_pat
     assert os.listdir(tmp_path) == []
 
 
+def test_a_config_without_a_required_variable_is_one_line_naming_it(tmp_path):
+    """A new config that leaves out a variable without a default stops every shell stage with one line naming
+    what is missing and exit 2 (it was bash's 'unbound variable', exit 1, from deep inside a stage)."""
+    import shutil
+    for f in ("teacher.sh", "train.sh", "test.sh", "compare.sh"):
+        shutil.copy(os.path.join(REPO, f), tmp_path)
+    shutil.copytree(os.path.join(REPO, "configs"), tmp_path / "configs")
+    quick = open(os.path.join(REPO, "configs", "quick.sh")).read().splitlines()
+    keep = [ln for ln in quick if not ln.startswith(("TEACHER_EPOCHS=", "LR_DEFENSE="))]
+    (tmp_path / "configs" / "mine.sh").write_text("\n".join(keep) + "\n")
+    for script in ("teacher.sh", "train.sh", "test.sh", "compare.sh"):
+        proc = subprocess.run(["bash", script], cwd=tmp_path, env={**os.environ, "CONFIG": "mine"},
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 2, (script, proc.stderr)
+        assert proc.stderr == ("error: configs/mine.sh does not set TEACHER_EPOCHS LR_DEFENSE (no default: "
+                               "configs/quick.sh shows each)\n"), script
+        assert proc.stdout == "", script
+
+
 def test_data_root_reaches_every_stage_of_the_shell_scripts(tmp_path):
     """`bash train.sh --data_root X` reached the members only (not the ensemble or the misinformation model) and
     test.sh's extra flags reached DFME only: a dataset kept outside data/ needs one variable for every stage."""
