@@ -451,10 +451,15 @@ def grid_table(rows, grid_names=None):
     if not grid:
         return []
     budget, seed, names = info
+    variants = [v for v in grid if v.startswith(VARIANT_PREFIX)]
     lines = [f"DFME grid: {budget:,} queries, seed {seed}; each cell is the clone's validation / test accuracy (%). "
-             "A victim's strongest setting (bold) is its highest validation accuracy; the test set chooses nothing.",
+             "A victim's strongest setting (bold) is its highest validation accuracy; the test set chooses nothing." +
+             (" MISLEADER's variants (misleader-NAME) meet a search of a few of these settings, not the grid: the "
+              "headline names each one's strongest, the table of every run holds their runs." if variants else ""),
              "", "| victim | " + " | ".join(names) + " | strongest |", "|---|" + "---:|" * len(names) + "---|"]
     for v, runs in grid.items():
+        if v in variants:
+            continue
         best, missing = strongest(rows, v, names, budget, seed)
         cells = []
         for n in names:

@@ -394,6 +394,10 @@ def test_a_misleader_variants_search_is_misleaders_strongest_and_the_variant_gri
     rows.append(_row("misleader-lam1", setting="b", val="0.30", clone="0.50"))  # better on test, worse on validation
     entry = next(e for e in comparison.headline(rows, ["a", "b", "c"], variant_grid=["c"]) if e["key"] == var)
     assert entry["grid_missing"] == [] and entry["dfme_setting"] == "c" and entry["dfme"] == {0: 0.44}
+    # the grid table is the grid's: a variant's search is not a grid with settings "incomplete"
+    grid = comparison.grid_table(rows, ["a", "b", "c"])
+    assert not any(line.startswith("| misleader-lam1 ") for line in grid) and "variants" in grid[0]
+    assert any(line.startswith("| misleader | ") for line in grid)
     _copy_compare(tmp_path)
     with open(tmp_path / "configs/var.sh", "w") as f:
         f.write('source configs/smoke.sh\nCONFIG=c\nDFME_GRID=("a dfme --steps 0.5")\nVARIANT_GRID=(zz)\n')
