@@ -19,7 +19,7 @@ CONFIG = "fashionmnist_v2"
 
 
 ARCHS = ("lenet5", "lenet5half", "lenet5fifth")  # MISLEADER's members, and those of its variants and lambda = 0
-KNOBS = ("lam0.1", "lam1", "lam2", "aiter3")  # trained so far
+KNOBS = ("lam0.1", "lam1", "lam2", "aiter3", "aiter5")  # trained so far
 VICTIMS = ["Defense/cache/teacher/fashionmnist-lenet5-v2.pt", "Defense/cache/defense/fashionmnist-lenet5-v2.pt",
            "Defense/cache/defense/fashionmnist-lenet5half-v2.pt",
            "Defense/cache/defense/fashionmnist-lenet5fifth-v2.pt", "Defense/ensemble/fashionmnist-v2.pt",
