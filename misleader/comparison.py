@@ -566,7 +566,8 @@ def headline_table(rows, grid_names=None, aware=(), variant_grid=(), final=None)
             ([f"{e['served_l1']:.4f}"] if served else []) + \
             [attack, _clone_text(e["dfme"]),
              f"- (the teacher's {e['dfme_budget']:,}-query runs are still to run)" if e["teacher_pending"] else
-             protection_text(e["dfme_protection"]) +
+             "no seed in common with the teacher's" if e["dfme"] and e["teacher_rows"] and not e["dfme_protection"]
+             else protection_text(e["dfme_protection"]) +
              (f" (against the teacher's {e['teacher_setting']}, not its strongest{' so far' if t_open else ''}, "
               f"{t_best})" if e["dfme_protection"] and e["teacher_setting"] != t_best else
               f" (against the teacher's best so far, {t_best}: the teacher's grid incomplete)"

@@ -634,6 +634,14 @@ def test_two_strongest_data_free_settings_are_paired_only_with_one_clone_archite
         comparison.headline(rows)
 
 
+def test_a_data_free_clone_with_no_seed_in_common_with_the_teachers_says_so():
+    rows = [_row("teacher", setting="a", val="0.80", clone="0.80"), _row("misleader", setting="a", val="0.6"),
+            _row("teacher", setting="a", val="0.80", clone="0.80", budget=2000000),
+            _row("misleader", setting="a", val="0.60", clone="0.60", budget=2000000, seed=1)]
+    line = comparison.headline_table(rows)[3]
+    assert "| dfme a, 2,000,000 queries | 60.00 (1 seed) | no seed in common with the teacher's |" in line
+
+
 def test_a_misleader_variant_meets_the_strongest_of_its_search_on_validation_not_the_most_run():
     """A variant's data-free setting is the one of its search that clones it best on validation, compared on the
     seeds the settings share, not the one with more runs at that budget. (Its search is two of the grid's three
