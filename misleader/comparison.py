@@ -182,30 +182,20 @@ def seed_rows(rows, idx):
     return out
 
 
-def _one_attack(rows, *groups):
+def _one_attack(rows, *groups, cols=("attack", "settings", "query_range", "student_model"),
+                what="compared as one attack"):
     """Raise UserError unless the rows of ``groups`` (row index lists averaged or paired as one attack) ran with
     the same attack, hyperparameters (the settings column), query range and clone architecture: otherwise a
-    protection would measure the difference in hyperparameters, not the defense."""
+    protection would measure the difference in hyperparameters, not the defense. Two victims' strongest data-free
+    settings, which may differ in all but the clone, are checked with ``cols=("student_model",)``."""
     idx = [i for g in groups for i in g]
     for i in idx[1:]:
         j, k = sorted((idx[0], i))
-        for col in ("attack", "settings", "query_range", "student_model"):
+        for col in cols:
             a, b = field(rows[j], col), field(rows[k], col)
             if a != b:
-                raise UserError(f"{row_name(rows, j, k)} are compared as one attack but differ in {col} "
+                raise UserError(f"{row_name(rows, j, k)} are {what} but differ in {col} "
                                 f"('{a}' against '{b}'): give one of them another setting name, or rerun it")
-
-
-def _same_student(rows, *groups):
-    """Raise UserError unless the rows of ``groups`` trained clones of one architecture (two victims' strongest
-    data-free settings, which may differ in attack and hyperparameters, are still paired seed by seed)."""
-    idx = [i for g in groups for i in g]
-    for i in idx[1:]:
-        a, b = field(rows[idx[0]], "student_model"), field(rows[i], "student_model")
-        if a != b:
-            raise UserError(f"{row_name(rows, *sorted((idx[0], i)))} are paired as two victims' strongest data-free "
-                            f"attacks but train different clones (student_model '{a}' against '{b}'): run both with "
-                            "one --student_model")
 
 
 def _by_seed(rows, idx):
@@ -388,7 +378,11 @@ def headline(rows, grid_names=None, aware=(), variant_grid=(), final=None):
             t_name, t_budget, t_idx = final_dfme(rows, teacher, grid_info, budget)
             # another setting: each its own strongest, but the same clone architecture (else the difference
             # would measure the architectures, not the defense)
-            _one_attack(rows, t_idx, idx) if t_name == name else _same_student(rows, t_idx, idx)
+            if t_name == name:
+                _one_attack(rows, t_idx, idx)
+            else:
+                _one_attack(rows, t_idx, idx, cols=("student_model",),
+                            what="paired as two victims' strongest data-free attacks")
             t_pending = t_budget != budget  # the teacher has no data-free run at this budget yet
             protection = None if t_pending else paired(_by_seed(rows, t_idx), d)
         # the bare model's grid: its missing settings, else (defended) the search's; a complete grid whose

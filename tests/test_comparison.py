@@ -633,7 +633,8 @@ def test_two_strongest_data_free_settings_are_paired_only_with_one_clone_archite
     assert "| disguide b, 1,000,000 queries | 55.00 (1 seed) | +25.00 (1 seed) (against the teacher's a, its strongest) |" in line
     for r in rows[2:]:
         r["student_model"] = "resnet18"
-    with pytest.raises(comparison.UserError, match="train different clones"):
+    with pytest.raises(comparison.UserError, match="paired as two victims' strongest data-free attacks but differ in "
+                                                   "student_model"):
         comparison.headline(rows)
 
 
