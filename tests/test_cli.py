@@ -202,10 +202,12 @@ def test_unknown_config(runs):
 
 
 def _sourced(tmp_path, config_text, show):
-    """Source configs/load.sh with a config of the given text (in a copy of configs/) and echo `show`."""
+    """Source configs/load.sh with a config of the given text (in a copy of configs/; the smoke config first, for
+    the variables every config sets) and echo `show`."""
     os.makedirs(tmp_path / "configs", exist_ok=True)
-    (tmp_path / "configs" / "load.sh").write_text(open(os.path.join(REPO, "configs", "load.sh")).read())
-    (tmp_path / "configs" / "t.sh").write_text("DATASET=synthetic\n" + config_text)
+    for name in ("load.sh", "smoke.sh"):
+        (tmp_path / "configs" / name).write_text(open(os.path.join(REPO, "configs", name)).read())
+    (tmp_path / "configs" / "t.sh").write_text("source configs/smoke.sh\nTAG=\"\"\n" + config_text)
     out = subprocess.run(["bash", "-c", f"set -euo pipefail; CONFIG=t source configs/load.sh; {show}"],
                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "ATTACK_TAG": ""})
     assert out.returncode == 0, out.stderr
