@@ -55,27 +55,28 @@ def test_committed_victims_load_and_score_what_they_recorded():
     import torch
 
     from misleader import checkpoint
+    from misleader.ensemble import built_from
     from misleader.evaluate import predict
     _need_fashion()
     info = D.dataset_info("fashionmnist")
     data = D.load_dataset("fashionmnist", os.path.join(REPO, "data"))
     splits = {"test_acc": data.test, "val_acc": data.val}
-    probs = {}  # committed member path -> {metric: softmax outputs on its split}
+    probs, members = {}, {}  # committed member path -> {metric: softmax outputs on its split}; -> (model, arch)
     for rel in VICTIMS:
         path = os.path.join(REPO, rel)
         model = checkpoint.load_victim(path, info, None)[0].eval()
         ck = checkpoint.load(path)
         if ck["kind"] == "ensemble":
             assert all(src in probs for src in ck["sources"]), (rel, ck["sources"])  # members scored first
-            for sd, src in zip(ck["state_dict"], ck["sources"]):
-                member = checkpoint.load(os.path.join(REPO, src))["state_dict"]
-                assert sd.keys() == member.keys() and all(torch.equal(sd[k], member[k]) for k in sd), (rel, src)
+            assert built_from(ck, [members[src][0] for src in ck["sources"]],
+                              [members[src][1] for src in ck["sources"]], ck["sources"]), rel
             out = {m: torch.stack([probs[src][m] for src in ck["sources"]]).mean(0) for m in splits}
             for m, split in splits.items():
                 head = predict(model, split.x[:512], data.normalize)
                 assert torch.allclose(head, out[m][:512], atol=1e-6), (rel, m)
         else:
             out = probs[rel] = {m: predict(model, split.x, data.normalize) for m, split in splits.items()}
+            members[rel] = (model, ck["arch"])
         for m, split in splits.items():
             acc = (out[m].argmax(1) == split.y).float().mean().item()
             assert acc == pytest.approx(ck["metrics"][m], abs=1e-6), (rel, m)
